@@ -1,0 +1,192 @@
+"""Ground truth: the accuracy of every zoo model on every target task after transfer.
+
+Two transfer methods, each with a fixed schedule (``performance.csv`` names the method):
+
+* ``linear_probe`` -- frozen penultimate features, standardised with the training split's
+  mean and std, then multinomial logistic regression with L2 weight ``probe_l2`` fitted by
+  full-batch L-BFGS for ``probe_steps`` iterations from zero weights (deterministic).
+* ``finetune`` -- every parameter trained: a fresh linear head (seeded), AdamW with
+  lr ``finetune_lr`` (head 10x), weight decay 1e-4, cosine decay to zero, batch
+  ``finetune_batch_size``, ``finetune_epochs`` epochs over the training split, BatchNorm in
+  train mode; accuracy on the test split in eval mode.
+
+The noise ceiling: the same measurement with ``noise_seed``, where the training split is a
+class-stratified bootstrap resample (and, for fine-tuning, the head init and batch order
+change too). Kendall tau between the two runs, per task, is the best agreement any ranking
+method can hope for.
+"""
+from __future__ import annotations
+
+import copy
+import time
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from .params import GroundTruthParams
+from .paths import write_csv
+
+
+def linear_probe(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray,
+                 l2: float = 1e-3, steps: int = 100) -> float:
+    """Test accuracy of L2-regularised softmax regression on frozen features.
+
+    x_train [n, D], y_train [n] in 0..k-1, x_test [m, D], y_test [m] -> accuracy in [0, 1].
+    """
+    xtr = torch.as_tensor(x_train, dtype=torch.float64)
+    xte = torch.as_tensor(x_test, dtype=torch.float64)
+    mu, sd = xtr.mean(0), xtr.std(0, unbiased=False).clamp_min(1e-6)  # [D]
+    xtr, xte = (xtr - mu) / sd, (xte - mu) / sd
+    ytr = torch.as_tensor(y_train, dtype=torch.long)
+    k = int(max(y_train.max(), y_test.max())) + 1
+    w = torch.zeros(xtr.shape[1], k, dtype=torch.float64, requires_grad=True)  # [D, k]
+    b = torch.zeros(k, dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([w, b], lr=1, max_iter=steps, tolerance_grad=1e-9, tolerance_change=1e-12,
+                            history_size=20, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        loss = F.cross_entropy(xtr @ w + b, ytr) + l2 * (w * w).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    with torch.no_grad():
+        pred = (xte @ w + b).argmax(1).numpy()
+    return float((pred == y_test).mean())
+
+
+def finetune(model: torch.nn.Module, x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray,
+             y_test: np.ndarray, image_size: int, gp: GroundTruthParams, seed: int) -> float:
+    """Test accuracy after fine-tuning a copy of ``model`` with the fixed schedule above.
+
+    x_* are uint8 images [n, S, S, 3]; the model's own ``head`` is replaced by a k-way one.
+    """
+    from .zoo import to_input
+
+    g = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    k = int(max(y_train.max(), y_test.max())) + 1
+    net = copy.deepcopy(model)
+    net.head = torch.nn.Linear(net.num_features, k)
+    body = [p for n, p in net.named_parameters() if not n.startswith("head.")]
+    opt = torch.optim.AdamW([{"params": body, "lr": gp.finetune_lr},
+                             {"params": net.head.parameters(), "lr": 10 * gp.finetune_lr}], weight_decay=1e-4)
+    xtr, ytr = to_input(x_train, image_size), torch.as_tensor(y_train, dtype=torch.long)
+    n, bs = len(ytr), gp.finetune_batch_size
+    steps = gp.finetune_epochs * max(1, -(-n // bs))
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
+    net.train()
+    for _ in range(gp.finetune_epochs):
+        order = torch.randperm(n, generator=g)
+        for i in range(0, n, bs):
+            idx = order[i:i + bs]
+            if len(idx) < 2:  # BatchNorm cannot train on one example
+                continue
+            loss = F.cross_entropy(net(xtr[idx]), ytr[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+    net.eval()
+    with torch.inference_mode():
+        xte = to_input(x_test, image_size)
+        pred = torch.cat([net(xte[i:i + 256]).argmax(1) for i in range(0, len(xte), 256)]).numpy()
+    return float((pred == y_test).mean())
+
+
+def bootstrap(y: np.ndarray, seed: int) -> np.ndarray:
+    """Class-stratified bootstrap: indices into ``y`` [n], same count per class, drawn with replacement."""
+    rng = np.random.default_rng(seed)
+    return np.concatenate([rng.choice(np.flatnonzero(y == c), size=(y == c).sum()) for c in np.unique(y)])
+
+
+def evaluate_model(model_ref: str | Path, pools: dict, tasks: list, gp: GroundTruthParams,
+                   seed: int) -> pd.DataFrame:
+    """Every method and seed of ``gp`` for one model on every task: one row per measurement."""
+    from .data import task_arrays
+    from .zoo import embed_images, load_model
+
+    model, cfg = load_model(model_ref)
+    rows = []
+    seeds = [seed] + ([gp.noise_seed] if gp.noise_seed != seed else [])
+    for task in tasks:
+        pool = pools[task.dataset]
+        xtr, ytr = task_arrays(pool, task, "train")
+        xte, yte = task_arrays(pool, task, "test")
+        t0 = time.perf_counter()
+        ftr = embed_images(model, xtr, cfg["image_size"], gp.batch_size)  # [n, D]
+        fte = embed_images(model, xte, cfg["image_size"], gp.batch_size)  # [m, D]
+        t_embed = time.perf_counter() - t0
+        for s in seeds:
+            idx = np.arange(len(ytr)) if s == seed else bootstrap(ytr, s)
+            for method in gp.methods:
+                if s != seed and method != gp.target_method:
+                    continue  # the noise ceiling is measured for the ranked method only
+                t0 = time.perf_counter()
+                if method == "linear_probe":
+                    acc = linear_probe(ftr[idx], ytr[idx], fte, yte, gp.probe_l2, gp.probe_steps)
+                    secs = time.perf_counter() - t0 + t_embed
+                else:
+                    acc = finetune(model, xtr[idx], ytr[idx], xte, yte, cfg["image_size"], gp, s)
+                    secs = time.perf_counter() - t0
+                rows.append(dict(model_id=cfg["model_id"], task_id=task.task_id, method=method, seed=s,
+                                 accuracy=acc, chance=1.0 / len(task.classes), seconds=round(secs, 4)))
+    return pd.DataFrame(rows)
+
+
+def run_groundtruth(zoo_index: pd.DataFrame, zoo_dir: Path, pools: dict, tasks: list, gp: GroundTruthParams,
+                    seed: int, parts: Path,
+                    progress: Callable[[Iterable], Iterable] = iter) -> pd.DataFrame:
+    """Measure every model in ``zoo_index`` on every task; resumes from the folder ``parts``.
+
+    Each model's rows are written atomically to parts/<model_id>.csv as soon as they are
+    measured, so a killed run redoes at most the model it was on.
+    """
+    frames = []
+    for row in progress(list(zoo_index.itertuples())):
+        part = parts / f"{row.model_id}.csv"
+        if part.exists():
+            frames.append(pd.read_csv(part))
+            continue
+        df = evaluate_model(Path(zoo_dir) / row.path, pools, tasks, gp, seed)
+        write_csv(part, df)
+        frames.append(df)
+    return pd.concat(frames, ignore_index=True)
+
+
+def noise_ceiling(perf: pd.DataFrame, method: str, seed: int, noise_seed: int) -> pd.DataFrame:
+    """Per task: Kendall tau and weighted tau between the model rankings of two ground-truth runs."""
+    from scipy.stats import kendalltau, weightedtau
+
+    sub = perf[perf.method == method]
+    wide = sub.pivot_table(index=["task_id", "model_id"], columns="seed", values="accuracy").dropna()
+    rows = []
+    for task_id, g in wide.groupby(level=0):
+        a, b = g[seed].to_numpy(), g[noise_seed].to_numpy()
+        rows.append(dict(task_id=task_id, kendall_tau=kendalltau(a, b).statistic,
+                         weighted_tau=weightedtau(a, b).statistic))
+    return pd.DataFrame(rows)
+
+
+def spread(perf: pd.DataFrame) -> pd.DataFrame:
+    """Per method and task: how far apart the zoo's accuracies are (range, std, best, worst, chance)."""
+    g = perf.groupby(["method", "task_id"]).agg(best=("accuracy", "max"), worst=("accuracy", "min"),
+                                                std=("accuracy", "std"), chance=("chance", "first"))
+    g["range"] = g.best - g.worst
+    return g.reset_index()
+
+
+def method_agreement(perf: pd.DataFrame) -> pd.DataFrame:
+    """Per task: Kendall tau between the zoo rankings by linear probe and by fine-tuning (empty if one method)."""
+    from scipy.stats import kendalltau
+
+    if perf.method.nunique() < 2:
+        return pd.DataFrame(columns=["task_id", "kendall_tau"])
+    wide = perf.pivot_table(index=["task_id", "model_id"], columns="method", values="accuracy").dropna()
+    return pd.DataFrame([dict(task_id=t, kendall_tau=kendalltau(g["linear_probe"], g["finetune"]).statistic)
+                         for t, g in wide.groupby(level=0)])

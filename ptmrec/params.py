@@ -1,0 +1,223 @@
+"""Parameters: one typed dataclass per subsystem, one source of defaults.
+
+A parameter set (``params/*.yaml``) holds overrides only. ``load(path)`` merges them into
+the defaults below and validates every key and type *before* any work starts:
+
+    >>> P = load("params/smoke.yaml")
+    >>> P.zoo.families
+    ['simplecnn', 'resnet', ...]
+
+An unknown key or a wrong type raises ``ParamsError`` naming the file, the key and the valid
+keys (papermill by itself would only warn).
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ParamsError(ValueError):
+    """A parameter file is malformed: unknown key, wrong type, bad value."""
+
+
+@dataclass
+class RunParams:
+    seed: int = 0
+    device: str = "cpu"  # "cpu", "cuda", "cuda:1", ...
+    threads: int = 0  # torch intra-op threads; 0 keeps torch's default
+
+
+@dataclass
+class DataParams:
+    # Offline datasets need no setting; these add sources for clusters and users.
+    image_folders: dict[str, str] = field(default_factory=dict)  # name -> folder (one subfolder per class)
+    hf_datasets: dict[str, str] = field(default_factory=dict)  # name -> Hugging Face dataset id
+    hf_split: str = "train"
+    hf_image_key: str = "image"
+    hf_label_key: str = "label"
+    glyph_fonts: list[str] = field(default_factory=list)  # font files; empty = discovered on this machine
+    cache_dir: str = ""  # where decoded datasets are cached; "" = <runs>/_cache
+
+
+@dataclass
+class TasksParams:
+    """Target tasks: class subsets and domains of real datasets, never a source task."""
+
+    datasets: dict[str, int] = field(
+        default_factory=lambda: {"fmnist": 8, "mnist": 5, "digits": 4, "clipart": 6, "glyphs": 6, "textures": 3}
+    )  # dataset -> number of tasks drawn from it
+    image_size: int = 64  # pixels; every pool image is stored RGB uint8 at this size
+    min_classes: int = 2
+    max_classes: int = 5
+    train_per_class: int = 20
+    test_per_class: int = 30
+
+
+@dataclass
+class ZooParams:
+    families: list[str] = field(default_factory=lambda: ["simplecnn", "resnet", "mobilenet", "vit", "mlpmixer"])
+    sources: list[str] = field(
+        default_factory=lambda: [
+            "fmnist", "mnist", "glyph-letters", "glyph-fonts", "glyph-digits", "clipart-top", "textures",
+        ]
+    )  # source tasks the scratch families are pretrained on (ImageNet comes with EfficientNet-Lite)
+    widths: list[int] = field(default_factory=lambda: [16])  # channel width multipliers (one model per width)
+    image_size: int = 32  # input size of the scratch families
+    train_per_class: int = 300
+    epochs: int = 3
+    batch_size: int = 64
+    lr: float = 3e-3
+    lite_variants: list[str] = field(default_factory=lambda: ["lite0", "lite1", "lite2"])  # packaged ImageNet weights
+    lite_finetune: dict[str, list[str]] = field(
+        default_factory=lambda: {"lite0": ["fmnist", "glyph-letters", "clipart-top"], "lite1": ["mnist", "textures"]}
+    )  # lite variant -> source tasks it is fine-tuned on
+    lite_image_size: int = 96
+    lite_finetune_steps: int = 150
+    hub_models: list[str] = field(default_factory=list)  # Hugging Face ids (clusters)
+
+
+@dataclass
+class GroundTruthParams:
+    """Transfer accuracy of every model on every task (docs/ground truth schedule in ptmrec.groundtruth)."""
+
+    methods: list[str] = field(default_factory=lambda: ["linear_probe", "finetune"])
+    target_method: str = "linear_probe"  # the method later stages rank against
+    probe_l2: float = 1e-3
+    probe_steps: int = 100
+    finetune_epochs: int = 3
+    finetune_lr: float = 1e-3
+    finetune_batch_size: int = 32
+    finetune_max_models: int = 0  # 0 = every model; else the first N of the zoo index (cheap subset)
+    noise_seed: int = 1  # a second ground-truth run with this seed gives the noise ceiling
+    batch_size: int = 256  # feature-extraction batch
+
+
+@dataclass
+class EncoderParams:
+    """The image encoder behind dataset tokens (stage 04)."""
+
+    name: str = "embedded"  # a registered encoder: "embedded" (built offline) or "open_clip"
+    open_clip_model: str = ""  # open_clip model name, e.g. "ViT-B-32" (clusters)
+    pretrained: str = ""  # open_clip pretrained tag, e.g. "laion2b_s34b_b79k" (clusters)
+    checkpoint: str = ""  # a local open_clip checkpoint file, instead of a pretrained tag
+
+
+@dataclass
+class Params:
+    run: RunParams = field(default_factory=RunParams)
+    data: DataParams = field(default_factory=DataParams)
+    tasks: TasksParams = field(default_factory=TasksParams)
+    zoo: ZooParams = field(default_factory=ZooParams)
+    groundtruth: GroundTruthParams = field(default_factory=GroundTruthParams)
+    encoder: EncoderParams = field(default_factory=EncoderParams)
+    name: str = "default"  # the parameter set's name: runs/<name>/
+    source: str = ""  # the YAML file it came from
+
+    def section_hash(self, *sections: str) -> str:
+        """Stable hash of the named sections, for stage caching."""
+        blob = json.dumps({s: asdict(getattr(self, s)) for s in sections}, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+SECTIONS = [f.name for f in dataclasses.fields(Params) if dataclasses.is_dataclass(f.default_factory)]
+
+
+def _type_ok(value: Any, tp: Any) -> bool:
+    """True when ``value`` (from YAML) fits the annotation ``tp``; ints pass for floats."""
+    origin = typing.get_origin(tp)
+    if tp is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if tp in (str, bool):
+        return isinstance(value, tp)
+    if origin is list:
+        (item,) = typing.get_args(tp)
+        return isinstance(value, list) and all(_type_ok(v, item) for v in value)
+    if origin is dict:
+        k, v = typing.get_args(tp)
+        return isinstance(value, dict) and all(_type_ok(a, k) and _type_ok(b, v) for a, b in value.items())
+    if origin in (typing.Union, types.UnionType):
+        return any(_type_ok(value, t) for t in typing.get_args(tp))
+    if tp is type(None):
+        return value is None
+    return isinstance(value, tp)
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) if typing.get_origin(tp) is None else str(tp).replace("typing.", "")
+
+
+def _merge(obj: Any, overrides: dict, where: str, origin: str) -> Any:
+    """Return a copy of dataclass ``obj`` with ``overrides`` applied, validated recursively."""
+    hints = typing.get_type_hints(type(obj))
+    fields = {f.name for f in dataclasses.fields(obj)}
+    changes = {}
+    for key, value in overrides.items():
+        name = f"{where}.{key}" if where else key
+        if key not in fields:
+            raise ParamsError(f"{origin}: unknown key '{name}'; valid keys here: {', '.join(sorted(fields))}")
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise ParamsError(f"{origin}: '{name}' must be a mapping of its keys, got {type(value).__name__}")
+            changes[key] = _merge(current, value, name, origin)
+        elif not _type_ok(value, hints[key]):
+            raise ParamsError(
+                f"{origin}: '{name}' must be {_type_name(hints[key])}, got {type(value).__name__} {value!r}"
+            )
+        else:
+            changes[key] = float(value) if hints[key] is float else value
+    return dataclasses.replace(obj, **changes)
+
+
+def _check_values(P: Params, origin: str) -> None:
+    """Cross-field checks that types alone cannot express."""
+    t, g = P.tasks, P.groundtruth
+    if not 2 <= t.min_classes <= t.max_classes:
+        raise ParamsError(f"{origin}: need 2 <= tasks.min_classes <= tasks.max_classes, got {t.min_classes}, {t.max_classes}")
+    unknown = set(g.methods) - {"linear_probe", "finetune"}
+    if unknown:
+        raise ParamsError(f"{origin}: groundtruth.methods has {sorted(unknown)}; valid: linear_probe, finetune")
+    if g.target_method not in g.methods:
+        raise ParamsError(f"{origin}: groundtruth.target_method '{g.target_method}' is not in groundtruth.methods")
+    for name in ("train_per_class", "test_per_class", "image_size"):
+        if getattr(t, name) < 1:
+            raise ParamsError(f"{origin}: tasks.{name} must be positive")
+
+
+def from_dict(overrides: dict | None, name: str = "default", origin: str = "<dict>") -> Params:
+    """Defaults with ``overrides`` applied and validated."""
+    overrides = dict(overrides or {})
+    P = _merge(Params(), overrides, "", origin)
+    P = dataclasses.replace(P, name=overrides.get("name", name), source=origin)
+    _check_values(P, origin)
+    return P
+
+
+def load(path: str | Path) -> Params:
+    """Read a parameter set; its file stem names the run unless it sets ``name``."""
+    path = Path(path)
+    if not path.is_file():
+        raise ParamsError(f"{path}: parameter file not found")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ParamsError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{path}: top level must be a mapping of sections ({', '.join(SECTIONS)})")
+    return from_dict(raw, name=path.stem, origin=str(path.resolve()))

@@ -1,0 +1,79 @@
+"""Run layout and atomic writes.
+
+    runs/<set>/                  one folder per parameter set ($PTMREC_RUNS overrides runs/)
+        notebooks/               executed notebooks
+        00_zoo_and_tasks/        zoo/<model_id>/{config.json, model.safetensors}, zoo/index.csv,
+                                 tasks/index.csv, tasks/splits.npz, tasks/pools/<dataset>.npz
+        01_groundtruth/          performance.csv, noise.csv, parts/
+        _cache/                  decoded datasets shared by stages
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def runs_root() -> Path:
+    return Path(os.environ.get("PTMREC_RUNS", REPO / "runs"))
+
+
+def run_dir(name: str) -> Path:
+    return runs_root() / name
+
+
+def stage_dir(name: str, stage: str) -> Path:
+    d = run_dir(name) / stage
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it into place only if the block succeeds.
+
+    A killed run leaves at most a ``.tmp`` file, which no reader trusts.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    tmp = Path(tmp)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_text(path: str | Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def read_json(path: str | Path) -> Any:
+    return json.loads(Path(path).read_text())
+
+
+def write_csv(path: str | Path, df) -> None:
+    """Atomically write a pandas DataFrame as CSV (no index)."""
+    with atomic_path(path) as tmp:
+        df.to_csv(tmp, index=False)
+
+
+def write_npz(path: str | Path, **arrays) -> None:
+    """Atomically write arrays to ``path`` (an .npz)."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            import numpy as np
+
+            np.savez(f, **arrays)

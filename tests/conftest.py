@@ -1,0 +1,28 @@
+"""Shared fixtures: the smoke pipeline, run once per test session into a temporary runs folder."""
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from ptmrec.paths import REPO
+
+
+def run_pipeline(runs: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """./run_all.sh with PTMREC_RUNS=runs; output captured."""
+    env = {**os.environ, "PTMREC_RUNS": str(runs)}
+    r = subprocess.run([str(REPO / "run_all.sh"), *args], env=env, capture_output=True, text=True, timeout=1500)
+    if check and r.returncode != 0:
+        raise AssertionError(f"run_all.sh {' '.join(args)} failed ({r.returncode}):\n{r.stdout[-4000:]}\n{r.stderr[-4000:]}")
+    return r
+
+
+@pytest.fixture(scope="session")
+def smoke_runs(tmp_path_factory) -> Path:
+    """The runs folder of one full smoke run (params/smoke.yaml); its wall time in smoke_seconds.txt."""
+    runs = tmp_path_factory.mktemp("runs")
+    t0 = time.time()
+    run_pipeline(runs, "params/smoke.yaml")
+    (runs / "smoke_seconds.txt").write_text(f"{time.time() - t0:.1f}\n")
+    return runs

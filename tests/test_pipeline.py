@@ -1,0 +1,109 @@
+"""The pipeline end to end on the smoke set: outputs, caching, resume, failure reporting, nbval."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from conftest import run_pipeline
+from ptmrec import params, pipeline
+from ptmrec.paths import REPO
+
+pytestmark = pytest.mark.slow
+
+
+def test_smoke_run_writes_every_stage(smoke_runs):
+    run = smoke_runs / "smoke"
+    for name in pipeline.list_stages():
+        assert (run / "notebooks" / f"{name}.ipynb").exists()
+        assert json.loads((run / name / "metrics.json").read_text())["stage"] == name
+        resolved = (run / name / "params.resolved.yaml").read_text()
+        assert "train_per_class: 60" in resolved  # the smoke overrides were applied and recorded
+    P = params.load(REPO / "params/smoke.yaml")
+    zoo = pd.read_csv(run / "00_zoo_and_tasks/zoo/index.csv")
+    assert len(zoo) == len(P.zoo.families) * len(P.zoo.sources) + len(P.zoo.lite_variants) + 1
+    tasks = pd.read_csv(run / "00_zoo_and_tasks/tasks/index.csv")
+    assert len(tasks) == sum(P.tasks.datasets.values())
+    perf = pd.read_csv(run / "01_groundtruth/performance.csv")
+    main = perf[perf.seed == P.run.seed]
+    assert set(main.method) == set(P.groundtruth.methods)
+    assert len(main) == len(zoo) * len(tasks) * len(P.groundtruth.methods)
+    assert main.accuracy.between(0, 1).all()
+    # transfer is real: better than chance on average, and models differ
+    assert (main.accuracy - main.chance).mean() > 0.1
+    assert main.groupby("task_id").accuracy.std().mean() > 0.02
+
+
+def test_rerun_with_nothing_changed_skips_every_stage(smoke_runs):
+    t0 = time.time()
+    r = run_pipeline(smoke_runs, "params/smoke.yaml")
+    assert r.stdout.count("up to date, skipped") == len(pipeline.list_stages())
+    assert time.time() - t0 < 30
+
+
+def test_changed_parameters_rerun_downstream_only(smoke_runs, tmp_path):
+    P = params.load(REPO / "params/smoke.yaml")
+    changed = params.from_dict({**_smoke_overrides(), "groundtruth": {"probe_steps": 51}}, name="smoke")
+    assert pipeline.is_fresh(P, "00_zoo_and_tasks") and pipeline.is_fresh(P, "01_groundtruth")
+    assert pipeline.is_fresh(changed, "00_zoo_and_tasks")
+    assert not pipeline.is_fresh(changed, "01_groundtruth")
+
+
+def _smoke_overrides() -> dict:
+    import yaml
+
+    return yaml.safe_load((REPO / "params/smoke.yaml").read_text())
+
+
+def test_failure_names_notebook_and_cell(tmp_path):
+    bad = tmp_path / "broken.yaml"
+    bad.write_text("tasks:\n  datasets: {no_such_dataset: 1}\n")
+    r = run_pipeline(tmp_path / "runs", str(bad), check=False)
+    assert r.returncode != 0
+    assert "FAILED: notebook" in r.stderr and "00_zoo_and_tasks.ipynb" in r.stderr and "cell" in r.stderr
+    assert "no_such_dataset" in r.stderr
+    assert not (tmp_path / "runs/broken/01_groundtruth/metrics.json").exists()  # stopped at the first failure
+
+
+def test_only_needs_its_dependencies(tmp_path):
+    r = run_pipeline(tmp_path / "runs", "params/smoke.yaml", "--only", "01_groundtruth", check=False)
+    assert r.returncode != 0 and "needs stage 00_zoo_and_tasks" in r.stderr
+
+
+def test_killed_run_resumes_and_trusts_no_half_file(smoke_runs, tmp_path):
+    """SIGKILL the smoke run during ground truth, leave a half-written file, re-run: same results."""
+    runs = tmp_path / "runs"
+    env = {**os.environ, "PTMREC_RUNS": str(runs)}
+    proc = subprocess.Popen([str(REPO / "run_all.sh"), "params/smoke.yaml"], env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    parts = runs / "smoke/01_groundtruth/parts"
+    deadline = time.time() + 600
+    while time.time() < deadline and len(list(parts.glob("*.csv"))) < 2 and proc.poll() is None:
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (runs / "smoke/01_groundtruth/_stage.json").exists(), "the run finished before it was killed"
+    # a half-written file as a killed writer would leave it: never trusted
+    (parts / ".performance.csv.half.tmp").write_text("model_id,task_id\ngarbage")
+    run_pipeline(runs, "params/smoke.yaml")
+    got = pd.read_csv(runs / "smoke/01_groundtruth/performance.csv").drop(columns="seconds")
+    want = pd.read_csv(smoke_runs / "smoke/01_groundtruth/performance.csv").drop(columns="seconds")
+    key = ["model_id", "task_id", "method", "seed"]
+    pd.testing.assert_frame_equal(got.sort_values(key).reset_index(drop=True),
+                                  want.sort_values(key).reset_index(drop=True))
+
+
+def test_nbval_reproduces_the_smoke_notebooks(smoke_runs, tmp_path):
+    """Re-execute the executed smoke notebooks from scratch in a fresh runs folder; marked outputs must match."""
+    notebooks = sorted(str(p) for p in (smoke_runs / "smoke/notebooks").glob("*.ipynb"))
+    env = {**os.environ, "PTMREC_RUNS": str(tmp_path / "runs"), "PTMREC_PLAIN_PROGRESS": "1"}
+    r = subprocess.run([sys.executable, "-m", "pytest", "--nbval-lax", "-p", "no:cacheprovider", "-q",
+                        "--rootdir", str(tmp_path), *notebooks], env=env, capture_output=True, text=True,
+                       timeout=1200, cwd=tmp_path)
+    assert r.returncode == 0, r.stdout[-6000:]
+    assert "passed" in r.stdout
