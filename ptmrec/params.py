@@ -72,7 +72,7 @@ class ZooParams:
     widths: list[int] = field(default_factory=lambda: [16])  # channel width multipliers (one model per width)
     image_size: int = 32  # input size of the scratch families
     train_per_class: int = 300
-    epochs: int = 3
+    epochs: int = 2
     batch_size: int = 64
     lr: float = 3e-3
     lite_variants: list[str] = field(default_factory=lambda: ["lite0", "lite1", "lite2"])  # packaged ImageNet weights
@@ -80,24 +80,60 @@ class ZooParams:
         default_factory=lambda: {"lite0": ["fmnist", "glyph-letters", "clipart-top"], "lite1": ["mnist", "textures"]}
     )  # lite variant -> source tasks it is fine-tuned on
     lite_image_size: int = 96
-    lite_finetune_steps: int = 150
+    lite_finetune_steps: int = 80
     hub_models: list[str] = field(default_factory=list)  # Hugging Face ids (clusters)
 
 
 @dataclass
 class GroundTruthParams:
-    """Transfer accuracy of every model on every task (docs/ground truth schedule in ptmrec.groundtruth)."""
+    """Transfer accuracy of every model on every task (the schedules are documented in ptmrec.groundtruth)."""
 
     methods: list[str] = field(default_factory=lambda: ["linear_probe", "finetune"])
     target_method: str = "linear_probe"  # the method later stages rank against
     probe_l2: float = 1e-3
     probe_steps: int = 100
-    finetune_epochs: int = 3
+    finetune_steps: int = 20
     finetune_lr: float = 1e-3
-    finetune_batch_size: int = 32
-    finetune_max_models: int = 0  # 0 = every model; else the first N of the zoo index (cheap subset)
+    finetune_batch_size: int = 16
+    finetune_tasks: int = 3  # fine-tune on this many tasks (round-robin over datasets); 0 = every task
     noise_seed: int = 1  # a second ground-truth run with this seed gives the noise ceiling
     batch_size: int = 256  # feature-extraction batch
+
+
+@dataclass
+class ExtractParams:
+    """Model parameter vectors (stage 02)."""
+
+    extractor: str = "stats"  # a registered extractor design (ptmrec.extract.list_extractors())
+    length: int = 8192  # fixed vector length, whatever the architecture
+    shard_size: int = 64  # models per NPZ shard
+
+
+@dataclass
+class AutoEncoderParams:
+    """ModelAutoEncoder: parameter vector -> model token (stage 03). Saved beside its weights."""
+
+    input_dim: int = 8192
+    code_dim: int = 512
+    hidden: list[int] = field(default_factory=lambda: [2048])
+    activation: str = "gelu"  # gelu | relu | leaky_relu
+    dropout: float = 0.1
+    code_l1_penalty: float = 0.0
+    reconstruction_loss: str = "mse"  # mse | smooth_l1
+
+
+@dataclass
+class TrainParams:
+    """The Trainer's schedule (shared by every trainer unless a stage overrides it)."""
+
+    epochs: int = 200
+    batch_size: int = 16
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    scheduler: str = "cosine"  # cosine | plateau | none
+    early_stopping_patience: int = 20  # epochs without validation improvement; 0 = off
+    grad_clip: float = 1.0  # max gradient norm; 0 = off
+    val_fraction: float = 0.2
 
 
 @dataclass
@@ -117,6 +153,9 @@ class Params:
     tasks: TasksParams = field(default_factory=TasksParams)
     zoo: ZooParams = field(default_factory=ZooParams)
     groundtruth: GroundTruthParams = field(default_factory=GroundTruthParams)
+    extract: ExtractParams = field(default_factory=ExtractParams)
+    autoencoder: AutoEncoderParams = field(default_factory=AutoEncoderParams)
+    train: TrainParams = field(default_factory=TrainParams)
     encoder: EncoderParams = field(default_factory=EncoderParams)
     name: str = "default"  # the parameter set's name: runs/<name>/
     source: str = ""  # the YAML file it came from

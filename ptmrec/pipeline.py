@@ -42,9 +42,12 @@ def register_stage(stage: Stage) -> Stage:
     return stage
 
 
-register_stage(Stage("00_zoo_and_tasks", ("run", "data", "tasks", "zoo"), ("data", "zoo", "nets", "params")))
+register_stage(Stage("00_zoo_and_tasks", ("run", "data", "tasks", "zoo"), ("data", "offline", "zoo", "nets", "world")))
 register_stage(Stage("01_groundtruth", ("run", "groundtruth"), ("groundtruth", "zoo", "nets", "data"),
                      ("00_zoo_and_tasks",)))
+register_stage(Stage("02_model_vectors", ("run", "extract"), ("extract", "probes"), ("00_zoo_and_tasks", "01_groundtruth")))
+register_stage(Stage("03_autoencoder", ("run", "autoencoder", "train"), ("autoencoder", "train", "probes"),
+                     ("02_model_vectors",)))
 
 
 def list_stages() -> list[str]:

@@ -32,7 +32,9 @@ def test_smoke_run_writes_every_stage(smoke_runs):
     perf = pd.read_csv(run / "01_groundtruth/performance.csv")
     main = perf[perf.seed == P.run.seed]
     assert set(main.method) == set(P.groundtruth.methods)
-    assert len(main) == len(zoo) * len(tasks) * len(P.groundtruth.methods)
+    tuned = min(P.groundtruth.finetune_tasks or len(tasks), len(tasks))  # fine-tuning covers a subset of tasks
+    assert (main.method == "linear_probe").sum() == len(zoo) * len(tasks)
+    assert (main.method == "finetune").sum() == len(zoo) * tuned
     assert main.accuracy.between(0, 1).all()
     # transfer is real: better than chance on average, and models differ
     assert (main.accuracy - main.chance).mean() > 0.1
@@ -46,12 +48,14 @@ def test_rerun_with_nothing_changed_skips_every_stage(smoke_runs):
     assert time.time() - t0 < 30
 
 
-def test_changed_parameters_rerun_downstream_only(smoke_runs, tmp_path):
+def test_changed_parameters_rerun_downstream_only(smoke_runs, monkeypatch):
+    monkeypatch.setenv("PTMREC_RUNS", str(smoke_runs))
     P = params.load(REPO / "params/smoke.yaml")
     changed = params.from_dict({**_smoke_overrides(), "groundtruth": {"probe_steps": 51}}, name="smoke")
     assert pipeline.is_fresh(P, "00_zoo_and_tasks") and pipeline.is_fresh(P, "01_groundtruth")
     assert pipeline.is_fresh(changed, "00_zoo_and_tasks")
     assert not pipeline.is_fresh(changed, "01_groundtruth")
+    assert not pipeline.is_fresh(changed, "03_autoencoder")  # downstream of a changed stage
 
 
 def _smoke_overrides() -> dict:

@@ -44,11 +44,6 @@ def config(model: torch.nn.Module, family: str, a: dict) -> dict:
                 classes=[str(i) for i in range(a["num_classes"])], image_size=a["image_size"])
 
 
-@pytest.fixture(autouse=True)
-def _threads():
-    torch.set_num_threads(2)
-
-
 def test_registry_lists_all_families():
     assert {"simplecnn", "resnet", "mobilenet", "vit", "mlpmixer", "efficientnet_lite"} <= set(list_families())
     with pytest.raises(ValueError, match="already registered"):
