@@ -144,6 +144,58 @@ class EncoderParams:
     open_clip_model: str = ""  # open_clip model name, e.g. "ViT-B-32" (clusters)
     pretrained: str = ""  # open_clip pretrained tag, e.g. "laion2b_s34b_b79k" (clusters)
     checkpoint: str = ""  # a local open_clip checkpoint file, instead of a pretrained tag
+    batch_size: int = 64
+
+
+@dataclass
+class TokensParams:
+    """Dataset tokens (stage 04): encoder embeddings of a class-balanced sample of each task."""
+
+    per_class: int = 16  # images per class in the sample
+    kind: str = "images"  # images (one token per image) | prototypes (one token per class: the class mean)
+    shard_size: int = 16  # tasks per NPZ shard
+
+
+@dataclass
+class BaselinesParams:
+    """Classic transferability estimators (stage 05), scored on each task's training split."""
+
+    scorers: list[str] = field(default_factory=lambda: [
+        "logme", "leep", "nleep", "nce", "hscore", "regularized_hscore", "gbc", "sfda", "transrate", "parc",
+        "knn", "linear",
+    ])  # registered scorers (ptmrec.transferability.list_scorers())
+    batch_size: int = 256  # forward-pass batch
+
+
+@dataclass
+class RankerParams:
+    """The ranker (stage 06): dataset tokens attend to model tokens; saved beside its weights."""
+
+    architecture: str = "cross_attention"  # cross_attention (RankingCrossAttentionTransformer) | similarity (CustomSimilarityTransformer)
+    d_model: int = 128
+    heads: int = 4
+    layers: int = 2
+    dropout: float = 0.1
+    loss: str = "listnet"  # listnet | listmle | pairwise
+    model_tokens: str = "autoencoder"  # autoencoder (stage 03 codes) | vectors (raw stage 02 vectors) | ids (learned, no weights)
+    dataset_tokens: bool = True  # False: a learned constant instead (ablation)
+    max_dataset_tokens: int = 64  # tokens per task kept for the ranker (a class-balanced subset)
+
+
+@dataclass
+class EvaluateParams:
+    """Evaluation (stage 07): leave-datasets-out and leave-models-out, every method on the same tasks."""
+
+    model_folds: int = 5  # leave-models-out folds
+    top_k: int = 3  # for top-k hit rate and nDCG@k
+    ablations: list[str] = field(default_factory=lambda: ["no_model_tokens", "no_dataset_tokens", "raw_vectors"])
+
+
+@dataclass
+class HardwareParams:
+    """Hardware profiling (stage 08) and the budgets of named hardware profiles."""
+
+    devices: list[str] = field(default_factory=lambda: ["cpu"])  # devices to profile; absent ones are an error
 
 
 @dataclass
@@ -157,6 +209,11 @@ class Params:
     autoencoder: AutoEncoderParams = field(default_factory=AutoEncoderParams)
     train: TrainParams = field(default_factory=TrainParams)
     encoder: EncoderParams = field(default_factory=EncoderParams)
+    tokens: TokensParams = field(default_factory=TokensParams)
+    baselines: BaselinesParams = field(default_factory=BaselinesParams)
+    ranker: RankerParams = field(default_factory=RankerParams)
+    evaluate: EvaluateParams = field(default_factory=EvaluateParams)
+    hardware: HardwareParams = field(default_factory=HardwareParams)
     name: str = "default"  # the parameter set's name: runs/<name>/
     source: str = ""  # the YAML file it came from
 
