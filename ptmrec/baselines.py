@@ -1,0 +1,136 @@
+"""Stage 05: the classic transferability estimators, run over the zoo and the target tasks.
+
+For each model and task: one forward pass over the task's training split gives features
+``[N, D]`` (pooled penultimate layer, as in the ground-truth probe) and, where the model has
+a source head, logits ``[N, C_s]`` (the head applied to the same features, no second pass);
+then every scorer of ``ptmrec.transferability`` runs on them. Each row of the tidy table
+records the score and the seconds of the scorer call, beside the seconds of the forward pass.
+
+A scorer that cannot score a pair (no source head for LEEP/NCE, degenerate features) gives a
+row in ``skipped.csv`` with the reason, never a NaN in ``scores.csv``. Work is saved one CSV
+per model in a parts folder, so a killed run resumes, and a model shard can run elsewhere
+(``run_baselines(..., shard=(i, n))``, see the SLURM array jobs).
+
+One trivial reference is scored here too: ``random`` (a seeded uniform draw per pair). The
+other two, ``popularity`` (mean accuracy on the training tasks) and ``source_similarity``
+(dataset tokens of a model's source task against the target's), depend on which tasks are
+for training and on stage 04, so they are scored per fold in ``ptmrec.evaluate``.
+"""
+from __future__ import annotations
+
+import time
+import zlib
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+import pandas as pd
+import torch
+
+from . import transferability as T
+from .paths import write_csv
+
+COLUMNS = ["model_id", "task_id", "scorer", "score", "seconds", "forward_seconds", "n", "dim", "classes", "error"]
+
+
+def forward(model: torch.nn.Module, image_size: int, images: np.ndarray, batch_size: int,
+            device: str) -> tuple[np.ndarray, np.ndarray | None, float]:
+    """One forward pass: features [N, D], source logits [N, C_s] (None without a head), seconds."""
+    from .zoo import embed_images
+
+    t0 = time.perf_counter()
+    feats = embed_images(model, images, image_size, batch_size, device)  # [N, D]
+    head = getattr(model, "head", None)
+    logits = None
+    if isinstance(head, torch.nn.Module):
+        with torch.inference_mode():  # the head on the pooled features = the model's own logits
+            logits = head.to(device)(torch.from_numpy(feats).to(device)).float().cpu().numpy()  # [N, C_s]
+    return feats, logits, time.perf_counter() - t0
+
+
+def score_pair(feats: np.ndarray, labels: np.ndarray, logits: np.ndarray | None,
+               scorers: list[str]) -> list[dict]:
+    """Every scorer on one (model, task) pair: dicts with scorer, score, seconds, error ('' when scored)."""
+    rows = []
+    for name in scorers:
+        if T.get_scorer(name).needs_logits and logits is None:
+            rows.append(dict(scorer=name, score=np.nan, seconds=0.0, error="model has no source head (logits)"))
+            continue
+        try:
+            value, secs = T.score(name, feats, labels, logits)
+            rows.append(dict(scorer=name, score=value, seconds=secs, error=""))
+        except (ValueError, np.linalg.LinAlgError) as e:
+            rows.append(dict(scorer=name, score=np.nan, seconds=0.0, error=f"{type(e).__name__}: {e}"))
+    return rows
+
+
+def random_scores(model_ids: Iterable[str], task_ids: Iterable[str], seed: int) -> pd.DataFrame:
+    """The ``random`` reference: a uniform draw per (model, task), seeded, so reruns agree."""
+    rows = [dict(model_id=m, task_id=t, scorer="random",
+                 score=float(np.random.default_rng([seed, zlib.crc32(f"{m}|{t}".encode())]).random()))
+            for m in model_ids for t in task_ids]
+    return pd.DataFrame(rows)
+
+
+def score_model(model_ref: str | Path, pools: dict, tasks: list, scorers: list[str], batch_size: int,
+                device: str = "cpu") -> pd.DataFrame:
+    """All scorers of one model on every task: one row per (task, scorer), columns ``COLUMNS``."""
+    from .data import task_arrays
+    from .zoo import load_model
+
+    model, cfg = load_model(model_ref, device)
+    rows = []
+    for task in tasks:
+        x, y = task_arrays(pools[task.dataset], task, "train")  # uint8 [N, S, S, 3], int [N]
+        feats, logits, fwd = forward(model, cfg["image_size"], x, batch_size, device)
+        for r in score_pair(feats, y, logits, scorers):
+            rows.append(dict(model_id=cfg["model_id"], task_id=task.task_id, forward_seconds=fwd, n=len(y),
+                             dim=feats.shape[1], classes=len(np.unique(y)), **r))
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def shard_of(zoo_index: pd.DataFrame, shard: tuple[int, int] | None) -> pd.DataFrame:
+    """Rows of shard ``(i, n)`` of the zoo (every n-th model from i), or all of them."""
+    if shard is None:
+        return zoo_index
+    i, n = shard
+    if not 0 <= i < n:
+        raise ValueError(f"shard index {i} is not in 0..{n - 1}")
+    return zoo_index.iloc[i::n]
+
+
+def run_baselines(zoo_index: pd.DataFrame, zoo_dir: Path, pools: dict, tasks: list, scorers: list[str],
+                  batch_size: int, parts: Path, device: str = "cpu", shard: tuple[int, int] | None = None,
+                  progress: Callable[[Iterable], Iterable] = iter) -> pd.DataFrame:
+    """Score every model of the (shard of the) zoo on every task; resumes from ``parts/<model_id>.csv``."""
+    unknown = [s for s in scorers if s not in T.SCORERS]
+    if unknown:
+        raise ValueError(f"baselines.scorers has unknown {unknown}; registered: {', '.join(T.list_scorers())}")
+    frames = []
+    for row in progress(list(shard_of(zoo_index, shard).itertuples())):
+        part = parts / f"{row.model_id}.csv"
+        if part.exists():
+            frames.append(pd.read_csv(part, keep_default_na=False, na_values=[""]))
+            continue
+        df = score_model(Path(zoo_dir) / row.path, pools, tasks, scorers, batch_size, device)
+        write_csv(part, df)
+        frames.append(df)
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=COLUMNS)
+
+
+def split_rows(raw: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(scores: finite rows without error, skipped: the rest with their reason)."""
+    err = raw.error.fillna("").astype(str)
+    ok = (err == "") & np.isfinite(raw.score.astype(float))
+    skipped = raw[~ok].assign(error=err[~ok].replace("", "non-finite score"))
+    return raw[ok].drop(columns="error").reset_index(drop=True), skipped.reset_index(drop=True)
+
+
+def timing_table(scores: pd.DataFrame) -> pd.DataFrame:
+    """Per scorer: median and mean seconds per (model, task), and the median ratio to the forward pass."""
+    g = scores.assign(ratio=scores.seconds / scores.forward_seconds).groupby("scorer")
+    out = g.agg(median_seconds=("seconds", "median"), mean_seconds=("seconds", "mean"),
+                median_ratio_to_forward=("ratio", "median"))
+    fwd = scores.drop_duplicates(["model_id", "task_id"]).forward_seconds
+    out.loc["(forward pass)"] = [fwd.median(), fwd.mean(), 1.0]
+    return out.sort_values("median_seconds")
