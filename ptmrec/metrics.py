@@ -1,0 +1,108 @@
+"""Ranking metrics: one function per metric over one task's zoo.
+
+Every function takes ``truth`` [N] (measured transfer accuracy of the N models on one task)
+and ``pred`` [N] (a method's scores, higher = predicted better) and returns a float.
+
+- ``weighted_tau``: ``scipy.stats.weightedtau(truth, pred)``, the symmetric variant (the
+  average of the two lexicographic rankings), as LogME, SFDA and EMMS report it.
+- ``weighted_tau_gt``: ``weightedtau(truth, pred, rank=None)``: weights follow the ground-truth
+  order only (hyperbolic weight 1 / (r + 1) on the rank r by truth), as Model Spider reports it.
+  Vigna, "A Weighted Correlation Index for Rankings with Ties", WWW 2015.
+- ``kendall``, ``spearman``, ``pearson``: the plain correlations (scipy).
+- ``top1_regret``: accuracy lost by taking the top-1 recommendation instead of the best model.
+- ``topk_hit``: 1 if the truly best model is among the k highest scored.
+- ``ndcg_at_k``: normalised discounted cumulative gain at k, gains = accuracy minus the task's
+  worst accuracy (so a zoo of equal models has no gain to find); Jarvelin & Kekalainen, TOIS 2002.
+
+Ties in ``pred`` (a constant predictor) give NaN correlations in scipy; we return 0 for them
+(no information), so a constant method is neither rewarded nor dropped from a mean.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+
+def _finite(x: float) -> float:
+    return float(x) if np.isfinite(x) else 0.0
+
+
+def _constant(*arrays: np.ndarray) -> bool:
+    return any(np.ptp(np.asarray(a, float)) == 0 for a in arrays)
+
+
+def weighted_tau(truth: np.ndarray, pred: np.ndarray) -> float:
+    """Symmetric weighted Kendall tau (scipy's default, rank=True)."""
+    return _finite(stats.weightedtau(truth, pred).statistic)
+
+
+def weighted_tau_gt(truth: np.ndarray, pred: np.ndarray) -> float:
+    """Weighted Kendall tau weighted by the ground-truth order (rank=None)."""
+    return _finite(stats.weightedtau(truth, pred, rank=None).statistic)
+
+
+def kendall(truth: np.ndarray, pred: np.ndarray) -> float:
+    if _constant(truth, pred):
+        return 0.0
+    return _finite(stats.kendalltau(truth, pred).statistic)
+
+
+def spearman(truth: np.ndarray, pred: np.ndarray) -> float:
+    if _constant(truth, pred):
+        return 0.0
+    return _finite(stats.spearmanr(truth, pred).statistic)
+
+
+def pearson(truth: np.ndarray, pred: np.ndarray) -> float:
+    if _constant(truth, pred):
+        return 0.0
+    return _finite(stats.pearsonr(truth, pred).statistic)
+
+
+def top1_regret(truth: np.ndarray, pred: np.ndarray) -> float:
+    """max(truth) - truth[argmax(pred)]; ties in pred resolve to the first model (no free luck)."""
+    return float(np.max(truth) - truth[int(np.argmax(pred))])
+
+
+def topk_hit(truth: np.ndarray, pred: np.ndarray, k: int = 3) -> float:
+    """1.0 if a truly best model (any of a tie) is among the k highest-scored, else 0.0."""
+    top = np.argsort(-np.asarray(pred), kind="stable")[:k]
+    return float(np.max(truth[top]) >= np.max(truth))
+
+
+def ndcg_at_k(truth: np.ndarray, pred: np.ndarray, k: int = 3) -> float:
+    """DCG@k of the predicted order over the ideal DCG@k; gains = truth - min(truth)."""
+    gain = np.asarray(truth, float) - np.min(truth)
+    disc = 1.0 / np.log2(np.arange(2, k + 2))[: len(gain)]
+    ideal = np.sort(gain)[::-1][:k] @ disc[: min(k, len(gain))]
+    if ideal == 0:
+        return 1.0  # every model equal: any order is ideal
+    got = gain[np.argsort(-np.asarray(pred), kind="stable")[:k]] @ disc[: min(k, len(gain))]
+    return float(got / ideal)
+
+
+METRICS = {"weighted_tau": weighted_tau, "weighted_tau_gt": weighted_tau_gt, "kendall": kendall,
+           "spearman": spearman, "pearson": pearson, "top1_regret": top1_regret}
+
+
+def task_metrics(truth: np.ndarray, pred: np.ndarray, k: int = 3) -> dict[str, float]:
+    """Every metric for one task: truth [N], pred [N]."""
+    out = {name: fn(truth, pred) for name, fn in METRICS.items()}
+    out[f"top{k}_hit"] = topk_hit(truth, pred, k)
+    out[f"ndcg@{k}"] = ndcg_at_k(truth, pred, k)
+    return out
+
+
+def score_table(pred: pd.DataFrame, truth: pd.DataFrame, k: int = 3) -> pd.DataFrame:
+    """Per (method, task) metrics of a tidy prediction table.
+
+    pred: columns method, task_id, model_id, score; truth: task_id, model_id, accuracy.
+    Only models present in both count; a method must score every such model of a task.
+    """
+    merged = pred.merge(truth[["task_id", "model_id", "accuracy"]], on=["task_id", "model_id"])
+    rows = []
+    for (method, task), g in merged.groupby(["method", "task_id"], sort=False):
+        rows.append(dict(method=method, task_id=task, n_models=len(g),
+                         **task_metrics(g.accuracy.to_numpy(), g.score.to_numpy(), k)))
+    return pd.DataFrame(rows)

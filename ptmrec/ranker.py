@@ -1,0 +1,392 @@
+"""The ranker (stage 06): dataset tokens and model tokens in, one score per model out.
+
+- ``RankingData``: everything a ranker sees, aligned: model tokens [N_models, D_m], dataset
+  tokens per task [M, D_d], and the measured accuracy [T, N_models] it learns to order.
+- ``CombinedSimilarityDataset`` / ``build_combined_similarity_loader``: one item per task; the
+  batch holds ``dataset_tokens`` (B, M, D_d) padded with ``dataset_mask`` (B, M; True = pad),
+  ``model_tokens`` (B, N, D_m), ``true_ranks`` (B, N; 0 = best), ``true_scores`` (B, N),
+  ``model_names``, ``dataset_names``, ``model_indices`` (B, N), ``dataset_splits``, ``batch_size``.
+- ``RankingCrossAttentionTransformer``: dataset tokens are the source (a transformer encoder),
+  model tokens the target (a transformer decoder: self-attention across the candidate models,
+  cross-attention to the dataset); a linear head gives a score per model.
+- ``CustomSimilarityTransformer``: the encoded dataset, pooled, is one query of a multi-head
+  cross-attention over the model tokens; its attention weights are a distribution over models
+  (log-probabilities are returned as scores).
+- ``RankingLoss``: listwise ListNet (Cao et al., ICML 2007) or ListMLE (Xia et al., ICML 2008),
+  or pairwise RankNet-style logistic loss (Burges et al., ICML 2005).
+
+Ablations are settings of ``RankerParams``: ``model_tokens="ids"`` (a learned embedding per
+model instead of its weights: cannot rank a model it never saw), ``"vectors"`` (raw stage-02
+vectors instead of autoencoder codes), ``dataset_tokens=False`` (a learned constant).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from .params import RankerParams, TrainParams
+from .train import Trainer, register_trainer, split_ids
+
+
+# ------------------------------------------------------------------------------- data
+
+
+@dataclass
+class RankingData:
+    """Aligned inputs of the ranker; rows of ``accuracy`` follow ``task_ids``, columns ``model_ids``."""
+
+    model_ids: list[str]
+    model_tokens: np.ndarray  # float32 [N_models, D_m]
+    task_ids: list[str]
+    dataset_tokens: dict[str, np.ndarray]  # task_id -> float32 [M, D_d]
+    accuracy: np.ndarray  # float [T, N_models]; NaN where not measured
+    datasets: dict[str, str]  # task_id -> source dataset name (for leave-datasets-out folds)
+
+    def accuracy_of(self, task_id: str) -> np.ndarray:
+        return self.accuracy[self.task_ids.index(task_id)]
+
+
+def model_token_table(run: Path, kind: str) -> tuple[list[str], np.ndarray]:
+    """(model ids, tokens [N, D]) of a run: autoencoder codes (stage 03) or raw vectors (stage 02).
+
+    ``kind="ids"`` reads the codes too (unused by the model), so every variant sees the same zoo.
+    """
+    from .extract import load_vectors
+
+    if kind == "vectors":
+        ids, tokens = load_vectors(Path(run) / "02_model_vectors")
+    else:
+        with np.load(Path(run) / "03_autoencoder" / "tokens.npz") as z:
+            ids, tokens = z["ids"], z["tokens"]
+    return [str(i) for i in ids], np.asarray(tokens, np.float32)
+
+
+def load_ranking_data(run: Path, target_method: str, seed: int, model_tokens: str = "autoencoder") -> RankingData:
+    """Read stages 00-04 of ``run`` into a RankingData (models with tokens and ground truth only)."""
+    from .encoders import load_dataset_tokens
+
+    run = Path(run)
+    ids, tokens = model_token_table(run, model_tokens)
+    perf = pd.read_csv(run / "01_groundtruth" / "performance.csv")
+    perf = perf[(perf.method == target_method) & (perf.seed == seed)]
+    acc = perf.pivot_table(index="task_id", columns="model_id", values="accuracy")
+    keep = [k for k, m in enumerate(ids) if m in acc.columns]
+    ids = [ids[k] for k in keep]
+    tasks = pd.read_csv(run / "00_zoo_and_tasks" / "tasks" / "index.csv")
+    dtok = load_dataset_tokens(run / "04_dataset_tokens")
+    task_ids = [t for t in tasks.task_id if t in acc.index and t in dtok]
+    return RankingData(model_ids=ids, model_tokens=tokens[keep], task_ids=task_ids,
+                       dataset_tokens={t: np.asarray(dtok[t], np.float32) for t in task_ids},
+                       accuracy=acc.loc[task_ids, ids].to_numpy(float),
+                       datasets=dict(zip(tasks.task_id, tasks.dataset)))
+
+
+def true_ranks(accuracy: np.ndarray) -> np.ndarray:
+    """Rank of each model by accuracy [N] -> int [N], 0 = best; ties share the better rank."""
+    from scipy.stats import rankdata
+
+    return (rankdata(-np.asarray(accuracy), method="min") - 1).astype(np.int64)
+
+
+class CombinedSimilarityDataset(Dataset):
+    """One item per task: its dataset tokens, the candidate models' tokens and their true ranks.
+
+    ``models`` (indices into ``data.model_ids``) are the candidates: all of them, or a subset
+    in leave-models-out. ``max_tokens`` caps the dataset tokens per task; with ``sample=True``
+    (training) a fresh random subset is drawn every time an item is read, a cheap augmentation
+    when there are only tens of tasks; otherwise the first ``max_tokens`` (a fixed subset).
+    """
+
+    def __init__(self, data: RankingData, task_ids: list[str], models: np.ndarray | None = None,
+                 split: str = "train", max_tokens: int = 64, sample: bool = False, seed: int = 0):
+        self.data, self.task_ids, self.split = data, list(task_ids), split
+        self.models = np.arange(len(data.model_ids)) if models is None else np.asarray(models)
+        self.max_tokens, self.sample = max_tokens, sample
+        self.rng = np.random.default_rng(seed)
+
+    def __len__(self) -> int:
+        return len(self.task_ids)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        t = self.task_ids[i]
+        tokens = self.data.dataset_tokens[t]  # [M, D_d]
+        if len(tokens) > self.max_tokens:
+            keep = (self.rng.choice(len(tokens), self.max_tokens, replace=False) if self.sample
+                    else np.linspace(0, len(tokens) - 1, self.max_tokens).round().astype(int))
+            tokens = tokens[np.sort(keep)]
+        acc = self.data.accuracy_of(t)[self.models]  # [N]
+        return dict(dataset_tokens=torch.from_numpy(tokens), model_tokens=torch.from_numpy(self.data.model_tokens[self.models]),
+                    true_scores=torch.from_numpy(acc.astype(np.float32)), true_ranks=torch.from_numpy(true_ranks(acc)),
+                    model_names=[self.data.model_ids[k] for k in self.models], dataset_name=t,
+                    model_indices=torch.from_numpy(self.models.astype(np.int64)), dataset_split=self.split)
+
+
+def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """Stack items; pad dataset tokens to the longest task, with ``dataset_mask`` True on padding."""
+    m = max(len(it["dataset_tokens"]) for it in items)
+    d = items[0]["dataset_tokens"].shape[1]
+    tokens = torch.zeros(len(items), m, d)
+    mask = torch.ones(len(items), m, dtype=torch.bool)
+    for b, it in enumerate(items):
+        k = len(it["dataset_tokens"])
+        tokens[b, :k], mask[b, :k] = it["dataset_tokens"], False
+    stack = lambda key: torch.stack([it[key] for it in items])  # noqa: E731
+    return dict(dataset_tokens=tokens, dataset_mask=mask, model_tokens=stack("model_tokens"),
+                true_ranks=stack("true_ranks"), true_scores=stack("true_scores"),
+                model_names=[it["model_names"] for it in items], dataset_names=[it["dataset_name"] for it in items],
+                model_indices=stack("model_indices"), dataset_splits=[it["dataset_split"] for it in items],
+                batch_size=len(items))
+
+
+def build_combined_similarity_loader(data: RankingData, task_ids: list[str], models: np.ndarray | None = None,
+                                     split: str = "train", batch_size: int = 16, shuffle: bool = False,
+                                     max_tokens: int = 64, sample: bool = False, seed: int = 0) -> DataLoader:
+    """A DataLoader of CombinedSimilarityDataset batches (see the module docstring for the keys)."""
+    ds = CombinedSimilarityDataset(data, task_ids, models, split, max_tokens, sample, seed)
+    gen = torch.Generator().manual_seed(seed)
+    return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, collate_fn=collate, generator=gen)
+
+
+# ------------------------------------------------------------------------------ models
+
+
+@dataclass
+class RankerConfig:
+    """Everything needed to rebuild a ranker; saved as config.json beside its weights."""
+
+    architecture: str  # cross_attention | similarity
+    model_dim: int  # D_m of the model tokens (ignored for model_tokens="ids")
+    dataset_dim: int  # D_d of the dataset tokens
+    n_models: int  # size of the learned id table (model_tokens="ids")
+    d_model: int = 128
+    heads: int = 4
+    layers: int = 2
+    dropout: float = 0.1
+    model_tokens: str = "autoencoder"  # autoencoder | vectors | ids
+    dataset_tokens: bool = True
+
+    @classmethod
+    def from_params(cls, rp: RankerParams, model_dim: int, dataset_dim: int, n_models: int) -> "RankerConfig":
+        keys = {f.name for f in dataclasses.fields(cls)}
+        return cls(model_dim=model_dim, dataset_dim=dataset_dim, n_models=n_models,
+                   **{k: v for k, v in dataclasses.asdict(rp).items() if k in keys})
+
+
+class _Inputs(nn.Module):
+    """Shared front end: project model tokens (or look up ids) and dataset tokens to d_model."""
+
+    def __init__(self, cfg: RankerConfig):
+        super().__init__()
+        d = cfg.d_model
+        self.model_in = (nn.Embedding(cfg.n_models, d) if cfg.model_tokens == "ids"
+                         else nn.Sequential(nn.LayerNorm(cfg.model_dim), nn.Linear(cfg.model_dim, d)))
+        self.data_in = nn.Sequential(nn.LayerNorm(cfg.dataset_dim), nn.Linear(cfg.dataset_dim, d))
+        self.null = nn.Parameter(torch.zeros(1, 1, d))  # the dataset "token" when dataset tokens are off
+        layer = nn.TransformerEncoderLayer(d, cfg.heads, 2 * d, cfg.dropout, batch_first=True, norm_first=True)
+        self.encoder = nn.TransformerEncoder(layer, cfg.layers, enable_nested_tensor=False)
+        self.cfg = cfg
+
+    def models(self, model_tokens: torch.Tensor, model_indices: torch.Tensor | None) -> torch.Tensor:
+        """[B, N, D_m] tokens (or [B, N] ids) -> [B, N, d]."""
+        if self.cfg.model_tokens == "ids":
+            return self.model_in(model_indices)
+        return self.model_in(model_tokens)
+
+    def dataset(self, dataset_tokens: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """[B, M, D_d] -> encoded memory [B, M, d] and its padding mask (or the null token)."""
+        if not self.cfg.dataset_tokens:
+            return self.null.expand(len(dataset_tokens), 1, -1), None
+        return self.encoder(self.data_in(dataset_tokens), src_key_padding_mask=mask), mask
+
+
+class RankingCrossAttentionTransformer(nn.Module):
+    """Dataset tokens as source (encoder), model tokens as target (decoder); a score per model."""
+
+    def __init__(self, cfg: RankerConfig):
+        super().__init__()
+        self.cfg, d = cfg, cfg.d_model
+        self.inputs = _Inputs(cfg)
+        layer = nn.TransformerDecoderLayer(d, cfg.heads, 2 * d, cfg.dropout, batch_first=True, norm_first=True)
+        self.decoder = nn.TransformerDecoder(layer, cfg.layers)
+        self.head = nn.Sequential(nn.LayerNorm(d), nn.Linear(d, 1))
+
+    def forward(self, model_tokens: torch.Tensor, dataset_tokens: torch.Tensor, dataset_mask: torch.Tensor | None = None,
+                model_indices: torch.Tensor | None = None) -> torch.Tensor:
+        """-> scores [B, N], higher = predicted to transfer better."""
+        memory, mask = self.inputs.dataset(dataset_tokens, dataset_mask)  # [B, M, d]
+        tgt = self.inputs.models(model_tokens, model_indices)  # [B, N, d]
+        out = self.decoder(tgt, memory, memory_key_padding_mask=mask)  # [B, N, d]
+        return self.head(out).squeeze(-1)
+
+
+class CustomSimilarityTransformer(nn.Module):
+    """The pooled, encoded dataset queries the models with multi-head cross-attention.
+
+    The attention weights (averaged over heads) are a distribution over the N models; their
+    logarithm is the score, so the softmax of the scores is that distribution.
+    """
+
+    def __init__(self, cfg: RankerConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.inputs = _Inputs(cfg)
+        self.attn = nn.MultiheadAttention(cfg.d_model, cfg.heads, dropout=cfg.dropout, batch_first=True)
+
+    def forward(self, model_tokens: torch.Tensor, dataset_tokens: torch.Tensor, dataset_mask: torch.Tensor | None = None,
+                model_indices: torch.Tensor | None = None) -> torch.Tensor:
+        memory, mask = self.inputs.dataset(dataset_tokens, dataset_mask)  # [B, M, d]
+        if mask is None:
+            query = memory.mean(1, keepdim=True)  # [B, 1, d]
+        else:
+            keep = (~mask).unsqueeze(-1).float()  # [B, M, 1]
+            query = (memory * keep).sum(1, keepdim=True) / keep.sum(1, keepdim=True).clamp(min=1)
+        keys = self.inputs.models(model_tokens, model_indices)  # [B, N, d]
+        _, weights = self.attn(query, keys, keys, need_weights=True, average_attn_weights=True)  # [B, 1, N]
+        return torch.log(weights.squeeze(1).clamp(min=1e-12))
+
+
+ARCHITECTURES = {"cross_attention": RankingCrossAttentionTransformer, "similarity": CustomSimilarityTransformer}
+
+
+def build_ranker(cfg: RankerConfig) -> nn.Module:
+    if cfg.architecture not in ARCHITECTURES:
+        raise ValueError(f"ranker.architecture '{cfg.architecture}'; valid: {', '.join(ARCHITECTURES)}")
+    if cfg.model_tokens not in ("autoencoder", "vectors", "ids"):
+        raise ValueError(f"ranker.model_tokens '{cfg.model_tokens}'; valid: autoencoder, vectors, ids")
+    return ARCHITECTURES[cfg.architecture](cfg)
+
+
+# -------------------------------------------------------------------------------- loss
+
+
+class RankingLoss(nn.Module):
+    """Loss between predicted scores [B, N] and measured accuracies [B, N] of the same models.
+
+    - ``listnet``: cross-entropy between softmax(z / temperature), z the accuracies standardised
+      within each list, and softmax(scores) (ListNet's top-one probabilities; Cao et al. 2007);
+    - ``listmle``: negative Plackett-Luce log-likelihood of the true order (Xia et al. 2008);
+    - ``pairwise``: logistic loss on every pair whose accuracies differ, weighted by the gap
+      (RankNet, Burges et al. 2005).
+    """
+
+    def __init__(self, kind: str = "listnet", temperature: float = 0.5):
+        super().__init__()
+        if kind not in ("listnet", "listmle", "pairwise"):
+            raise ValueError(f"ranker.loss '{kind}'; valid: listnet, listmle, pairwise")
+        self.kind, self.temperature = kind, temperature
+
+    def forward(self, scores: torch.Tensor, true_scores: torch.Tensor) -> torch.Tensor:
+        if self.kind == "listnet":
+            z = (true_scores - true_scores.mean(1, keepdim=True)) / true_scores.std(1, keepdim=True).clamp(min=1e-6)
+            target = F.softmax(z / self.temperature, dim=1)
+            return -(target * F.log_softmax(scores, dim=1)).sum(1).mean()
+        if self.kind == "listmle":
+            order = torch.argsort(true_scores, dim=1, descending=True)
+            s = torch.gather(scores, 1, order)  # [B, N], best first
+            tail = torch.logcumsumexp(s.flip(1), dim=1).flip(1)  # log sum_{j >= i} exp(s_j)
+            return (tail - s).sum(1).mean()
+        diff = true_scores.unsqueeze(2) - true_scores.unsqueeze(1)  # [B, N, N]: acc_i - acc_j
+        pred = scores.unsqueeze(2) - scores.unsqueeze(1)
+        w = diff.clamp(min=0)  # pairs where i truly beats j, weighted by the gap
+        return (w * F.softplus(-pred)).sum((1, 2)).div(w.sum((1, 2)).clamp(min=1e-12)).mean()
+
+
+# ----------------------------------------------------------------------------- training
+
+
+@register_trainer
+class RankerTrainer(Trainer):
+    """Trains a ranker on CombinedSimilarityDataset batches with RankingLoss (stage 06)."""
+
+    name = "ranker"
+
+    def __init__(self, model: nn.Module, loss: RankingLoss, *args: Any, **kwargs: Any):
+        self.loss = loss
+        super().__init__(model, *args, **kwargs)
+
+    def _forward_batch(self, batch: dict[str, Any]) -> torch.Tensor:
+        dev = self.device
+        scores = self.model(batch["model_tokens"].to(dev), batch["dataset_tokens"].to(dev),
+                            batch["dataset_mask"].to(dev), batch["model_indices"].to(dev))  # [B, N]
+        truth = batch["true_scores"].to(dev)
+        if not self.model.training:  # validation: how well the order is recovered, beside the loss
+            from .metrics import weighted_tau
+
+            s, t = scores.detach().cpu().numpy(), truth.cpu().numpy()
+            self._last_batch_metrics["weighted_tau"] = float(np.mean([weighted_tau(a, b) for a, b in zip(t, s)]))
+        return self.loss(scores, truth)
+
+
+def fit_ranker(data: RankingData, train_tasks: list[str], rp: RankerParams, tp: TrainParams,
+               models: np.ndarray | None = None, seed: int = 0, out_dir: Path | None = None,
+               device: str = "cpu") -> tuple[nn.Module, RankerTrainer]:
+    """Train a ranker on ``train_tasks`` x ``models``; early stopping on a seeded split of those tasks."""
+    tr, va = split_ids(len(train_tasks), tp.val_fraction, seed)
+    tr_tasks, va_tasks = [train_tasks[i] for i in tr], [train_tasks[i] for i in va]
+    cfg = RankerConfig.from_params(rp, data.model_tokens.shape[1], next(iter(data.dataset_tokens.values())).shape[1],
+                                   len(data.model_ids))
+    torch.manual_seed(seed)
+    model = build_ranker(cfg)
+    trainer = RankerTrainer(model, RankingLoss(rp.loss), tp, out_dir, device=device, seed=seed,
+                            plots=out_dir is not None, progress=False)
+    trainer.info = {"train_tasks": tr_tasks, "val_tasks": va_tasks}
+    kw = dict(models=models, batch_size=tp.batch_size, max_tokens=rp.max_dataset_tokens, seed=seed)
+    train_loader = build_combined_similarity_loader(data, tr_tasks, split="train", shuffle=True, sample=True, **kw)
+    val_loader = build_combined_similarity_loader(data, va_tasks, split="val", **kw) if va_tasks else None
+    trainer.fit(train_loader, val_loader)
+    return model.eval(), trainer
+
+
+@torch.no_grad()
+def predict(model: nn.Module, data: RankingData, task_ids: list[str], models: np.ndarray | None = None,
+            max_tokens: int = 64) -> pd.DataFrame:
+    """Scores of ``models`` on each task: tidy (task_id, model_id, score, seconds per task)."""
+    model.eval()
+    rows = []
+    loader = build_combined_similarity_loader(data, task_ids, models, split="test", batch_size=1, max_tokens=max_tokens)
+    for batch in loader:
+        t0 = time.perf_counter()
+        s = model(batch["model_tokens"], batch["dataset_tokens"], batch["dataset_mask"], batch["model_indices"])[0]
+        secs = time.perf_counter() - t0
+        rows += [dict(task_id=batch["dataset_names"][0], model_id=m, score=float(v), seconds=secs)
+                 for m, v in zip(batch["model_names"][0], s.tolist())]
+    return pd.DataFrame(rows)
+
+
+def save_ranker(model: nn.Module, folder: Path, extra: dict[str, Any] | None = None) -> Path:
+    """config.json (RankerConfig + ``extra``) + model.safetensors in ``folder``."""
+    from safetensors.torch import save_file
+
+    from .paths import atomic_path, write_json
+
+    folder = Path(folder)
+    with atomic_path(folder / "model.safetensors") as tmp:
+        save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp))
+    write_json(folder / "config.json", {**dataclasses.asdict(model.cfg), **(extra or {})})
+    return folder
+
+
+def load_ranker(folder: Path) -> tuple[nn.Module, dict[str, Any]]:
+    """A ranker saved by ``save_ranker`` (safetensors: no code runs) and its full config dict."""
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    for f in ("config.json", "model.safetensors"):
+        if not (folder / f).is_file():
+            raise FileNotFoundError(f"{folder / f}: missing; run stage 06_ranker of this run first")
+    raw = json.loads((folder / "config.json").read_text())
+    keys = {f.name for f in dataclasses.fields(RankerConfig)}
+    model = build_ranker(RankerConfig(**{k: v for k, v in raw.items() if k in keys}))
+    model.load_state_dict(load_file(str(folder / "model.safetensors")))
+    return model.eval(), raw

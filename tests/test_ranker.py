@@ -1,0 +1,127 @@
+"""The ranker: batches, both architectures, losses, masking, learning a synthetic task, save/load."""
+import numpy as np
+import pytest
+import torch
+
+from ptmrec import ranker as R
+from ptmrec.evaluate import dataset_folds, model_folds
+from ptmrec.metrics import weighted_tau
+from ptmrec.params import RankerParams, TrainParams
+
+
+def synthetic(n_tasks=24, n_models=12, d_model=16, d_data=8, seed=0) -> R.RankingData:
+    """Each task has a hidden type vector shown by its dataset tokens; model m's accuracy is
+    the dot product of the type with a hidden model vector shown by its model token."""
+    rng = np.random.default_rng(seed)
+    w = rng.normal(size=(n_models, 3))
+    model_tokens = np.concatenate([w, rng.normal(size=(n_models, d_model - 3)) * 0.1], 1).astype(np.float32)
+    types = rng.normal(size=(n_tasks, 3))
+    proj = rng.normal(size=(3, d_data))
+    tokens = {f"t{i}": (types[i] @ proj + 0.1 * rng.normal(size=(5 + i % 4, d_data))).astype(np.float32)
+              for i in range(n_tasks)}
+    acc = 1 / (1 + np.exp(-types @ w.T))
+    return R.RankingData(model_ids=[f"m{j}" for j in range(n_models)], model_tokens=model_tokens,
+                         task_ids=list(tokens), dataset_tokens=tokens, accuracy=acc,
+                         datasets={f"t{i}": f"d{i % 3}" for i in range(n_tasks)})
+
+
+def test_batch_has_the_users_keys_and_padding_mask():
+    data = synthetic()
+    batch = next(iter(R.build_combined_similarity_loader(data, data.task_ids[:4], batch_size=4)))
+    assert {"dataset_tokens", "model_tokens", "true_ranks", "model_names", "dataset_names", "model_indices",
+            "dataset_splits", "batch_size", "dataset_mask", "true_scores"} <= set(batch)
+    B, M = batch["dataset_mask"].shape
+    assert batch["dataset_tokens"].shape == (4, M, 8) and batch["model_tokens"].shape == (4, 12, 16)
+    lengths = (~batch["dataset_mask"]).sum(1).tolist()
+    assert lengths == [5, 6, 7, 8] and batch["batch_size"] == 4
+    assert (batch["dataset_tokens"][0, 5:] == 0).all()
+    ranks = batch["true_ranks"][0]
+    assert ranks[batch["true_scores"][0].argmax()] == 0 and sorted(ranks.tolist()) == list(range(12))
+
+
+def test_max_tokens_subsamples_in_training_only():
+    data = synthetic()
+    ds = R.CombinedSimilarityDataset(data, ["t3"], max_tokens=4, sample=True, seed=1)
+    fixed = R.CombinedSimilarityDataset(data, ["t3"], max_tokens=4)
+    assert len(ds[0]["dataset_tokens"]) == 4
+    assert torch.equal(fixed[0]["dataset_tokens"], fixed[0]["dataset_tokens"])
+    draws = {tuple(ds[0]["dataset_tokens"][:, 0].tolist()) for _ in range(10)}
+    assert len(draws) > 1
+
+
+@pytest.mark.parametrize("arch", list(R.ARCHITECTURES))
+@pytest.mark.parametrize("tokens", ["autoencoder", "ids"])
+def test_forward_shapes_and_padding_does_not_leak(arch, tokens):
+    torch.manual_seed(0)
+    cfg = R.RankerConfig(arch, model_dim=16, dataset_dim=8, n_models=12, d_model=32, heads=4, layers=1,
+                         dropout=0.0, model_tokens=tokens)
+    model = R.build_ranker(cfg).eval()
+    data = synthetic()
+    b = R.collate([R.CombinedSimilarityDataset(data, ["t0", "t3"])[i] for i in range(2)])
+    s = model(b["model_tokens"], b["dataset_tokens"], b["dataset_mask"], b["model_indices"])
+    assert s.shape == (2, 12)
+    junk = b["dataset_tokens"].clone()
+    junk[b["dataset_mask"]] = 1e3  # padding content must not matter
+    s2 = model(b["model_tokens"], junk, b["dataset_mask"], b["model_indices"])
+    torch.testing.assert_close(s, s2)
+    if arch == "similarity":  # a distribution over models
+        torch.testing.assert_close(s.exp().sum(1), torch.ones(2), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("kind", ["listnet", "listmle", "pairwise"])
+def test_loss_prefers_the_true_order(kind):
+    truth = torch.tensor([[0.9, 0.5, 0.7, 0.1]])
+    loss = R.RankingLoss(kind)
+    assert loss(truth * 5, truth) < loss(-truth * 5, truth)
+    scores = torch.zeros(1, 4, requires_grad=True)
+    loss(scores, truth).backward()
+    assert scores.grad[0, 0] < 0 < scores.grad[0, 3]  # push the best up, the worst down
+
+
+def test_unknown_settings_fail_clearly():
+    with pytest.raises(ValueError, match="ranker.loss 'hinge'"):
+        R.RankingLoss("hinge")
+    with pytest.raises(ValueError, match="ranker.architecture 'mlp'"):
+        R.build_ranker(R.RankerConfig("mlp", 4, 4, 2))
+
+
+@pytest.mark.parametrize("arch", list(R.ARCHITECTURES))
+def test_learns_a_synthetic_ranking_on_held_out_tasks(arch, tmp_path):
+    data = synthetic()
+    rp = RankerParams(architecture=arch, d_model=32, heads=4, layers=1, dropout=0.0)
+    tp = TrainParams(epochs=150, batch_size=8, lr=3e-3, early_stopping_patience=30)
+    train, test = data.task_ids[:18], data.task_ids[18:]
+    model, trainer = R.fit_ranker(data, train, rp, tp, seed=0, out_dir=tmp_path)
+    pred = R.predict(model, data, test)
+    taus = [weighted_tau(data.accuracy_of(t), g.score.to_numpy()) for t, g in pred.groupby("task_id", sort=False)]
+    assert np.mean(taus) > 0.5, taus
+    assert (tmp_path / "history.json").exists() and trainer.best_epoch > 0
+    R.save_ranker(model, tmp_path / "ranker", {"note": "test"})
+    again, cfg = R.load_ranker(tmp_path / "ranker")
+    assert cfg["note"] == "test"
+    assert np.allclose(R.predict(again, data, test).score, pred.score)
+
+
+def test_unseen_models_are_ranked_from_their_tokens():
+    data = synthetic(n_models=16)
+    held = np.arange(12, 16)
+    rp = RankerParams(d_model=32, heads=4, layers=1, dropout=0.0)
+    tp = TrainParams(epochs=150, batch_size=8, lr=3e-3, early_stopping_patience=30)
+    model, _ = R.fit_ranker(data, data.task_ids[:18], rp, tp, models=np.arange(12), seed=0)
+    pred = R.predict(model, data, data.task_ids[18:], held)
+    assert set(pred.model_id) == {f"m{j}" for j in held}
+    taus = [weighted_tau(data.accuracy_of(t)[held], g.score.to_numpy()) for t, g in pred.groupby("task_id", sort=False)]
+    assert np.mean(taus) > 0.3, taus
+
+
+def test_folds_hold_out_whole_datasets_and_cover_models():
+    data = synthetic()
+    for d, train, test in dataset_folds(data):
+        assert {data.datasets[t] for t in test} == {d} and d not in {data.datasets[t] for t in train}
+    folds = model_folds(12, 5, seed=0)
+    assert sorted(np.concatenate(folds).tolist()) == list(range(12))
+
+
+def test_load_ranker_names_the_missing_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="config.json: missing; run stage 06_ranker"):
+        R.load_ranker(tmp_path)
