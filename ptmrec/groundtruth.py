@@ -7,8 +7,8 @@ Two transfer methods, each with a fixed schedule (``performance.csv`` names the 
   L-BFGS for at most ``probe_steps`` iterations from zero weights (deterministic).
 * ``finetune`` -- every parameter trained: a fresh linear head (seeded), AdamW with
   lr ``finetune_lr`` (head 10x), weight decay 1e-4, cosine decay to zero over
-  ``finetune_steps`` steps of ``finetune_batch_size`` images (shuffled passes over the
-  training split), BatchNorm in train mode; accuracy on the test split in eval mode. It costs
+  ``finetune_steps`` steps of ``finetune_batch_size`` images (``zoo.batch_indices``: each
+  pass over the training split a fresh permutation, its ragged tail dropped), BatchNorm in train mode; accuracy on the test split in eval mode. It costs
   two orders of magnitude more than a probe, so ``finetune_tasks`` > 0 restricts it to that
   many tasks, picked round-robin over datasets (every model is fine-tuned on each of them).
 
@@ -60,9 +60,8 @@ def finetune(model: torch.nn.Module, x_train: np.ndarray, y_train: np.ndarray, x
 
     x_* are uint8 images [n, S, S, 3]; the model's own ``head`` is replaced by a k-way one.
     """
-    from .zoo import to_input
+    from .zoo import batch_indices, to_input
 
-    g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     k = int(max(y_train.max(), y_test.max())) + 1
     net = copy.deepcopy(model)
@@ -72,14 +71,10 @@ def finetune(model: torch.nn.Module, x_train: np.ndarray, y_train: np.ndarray, x
                              {"params": net.head.parameters(), "lr": 10 * gp.finetune_lr}], weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, gp.finetune_steps)
     xtr, ytr = to_input(x_train, image_size), torch.as_tensor(y_train, dtype=torch.long)  # [n, 3, S, S], [n]
-    bs = min(gp.finetune_batch_size, len(ytr))
-    order = torch.randperm(len(ytr), generator=g)
+    batches = batch_indices(len(ytr), min(gp.finetune_batch_size, len(ytr)), np.random.default_rng(seed))
     net.train()
-    for step in range(gp.finetune_steps):
-        pos = step * bs % len(ytr)
-        if pos + bs > len(ytr):  # a new pass over the training split, newly shuffled
-            order = torch.randperm(len(ytr), generator=g)
-        idx = order[pos:pos + bs] if pos + bs <= len(ytr) else order[:bs]
+    for _ in range(gp.finetune_steps):
+        idx = torch.as_tensor(next(batches))
         loss = F.cross_entropy(net(xtr[idx]), ytr[idx])
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -26,7 +26,7 @@ import tempfile
 import time
 import zlib
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -270,6 +270,20 @@ def _split(n: int, seed: int, frac: float = 0.1, cap: int = 500) -> tuple[np.nda
     return np.sort(perm[k:]), np.sort(perm[:k])
 
 
+def batch_indices(n: int, batch_size: int, rng: np.random.Generator) -> Iterator[np.ndarray]:
+    """Endless batches of indices into range(n), without replacement within an epoch.
+
+    Each epoch is a fresh permutation; the ragged tail of an epoch is dropped, so every batch
+    has ``batch_size`` distinct indices and every example is seen once per epoch at most.
+    """
+    order, pos = rng.permutation(n), 0
+    while True:
+        if pos + batch_size > n:
+            order, pos = rng.permutation(n), 0
+        yield order[pos:pos + batch_size]
+        pos += batch_size
+
+
 def _fit(model: nn.Module, images: np.ndarray, labels: np.ndarray, steps: int, batch_size: int, lr: float,
          seed: int, image_size: int, device: str = "cpu", frozen: Iterable[nn.Module] = ()) -> dict:
     """The fixed schedule: AdamW (weight decay 0.05), linear warm-up over 10% of steps then cosine to 0,
@@ -292,12 +306,9 @@ def _fit(model: nn.Module, images: np.ndarray, labels: np.ndarray, steps: int, b
     model.train()
     for m in frozen:
         m.eval()  # keep the pretrained BatchNorm statistics
-    order, pos, losses, correct, seen = rng.permutation(len(labels)), 0, [], 0, 0
+    batches, losses, correct, seen = batch_indices(len(labels), bs, rng), [], 0, 0
     for _ in range(steps):
-        if pos + bs > len(order):  # drop the ragged tail, start a new epoch
-            order, pos = rng.permutation(len(labels)), 0
-        idx = np.sort(order[pos:pos + bs])
-        pos += bs
+        idx = np.sort(next(batches))
         x, y = to_input(images[idx], image_size, device).contiguous(memory_format=fmt), y_all[idx].to(device)
         logits = model(x)
         loss = F.cross_entropy(logits, y)

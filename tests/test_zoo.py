@@ -268,3 +268,14 @@ def test_build_zoo_rebuilds_what_changed(tmp_path):
     assert zoo.build_zoo(dataclasses.replace(zp, epochs=2), pools, tmp_path, seed=0).attrs["built"] == ["resnet-w8-s1"]
     pools["s1"].images[0, 0, 0, 0] ^= 1  # one pixel of the source data changed
     assert zoo.build_zoo(dataclasses.replace(zp, epochs=2), pools, tmp_path, seed=0).attrs["built"] == ["resnet-w8-s1"]
+
+
+def test_batch_indices_cover_each_epoch_once_and_drop_the_ragged_tail():
+    from ptmrec.zoo import batch_indices
+
+    it = batch_indices(10, 4, np.random.default_rng(0))
+    epoch = [next(it) for _ in range(2)]  # 8 of 10: the ragged tail of 2 is dropped
+    flat = np.concatenate(epoch)
+    assert all(len(b) == 4 for b in epoch) and len(set(flat.tolist())) == 8
+    nxt = next(it)  # a fresh permutation starts the next epoch
+    assert len(set(nxt.tolist())) == 4
