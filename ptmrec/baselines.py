@@ -8,8 +8,8 @@ records the score and the seconds of the scorer call, beside the seconds of the 
 
 A scorer that cannot score a pair (no source head for LEEP/NCE, degenerate features) gives a
 row in ``skipped.csv`` with the reason, never a NaN in ``scores.csv``. Work is saved one CSV
-per model in a parts folder, so a killed run resumes, and a model shard can run elsewhere
-(``run_baselines(..., shard=(i, n))``, see the SLURM array jobs).
+per model in a parts folder, so a killed run resumes, and SLURM array tasks can fill it shard
+by shard (``ptmrec shard <params> 05_baselines``).
 
 One trivial reference is scored here too: ``random`` (a seeded uniform draw per pair). The
 other two, ``popularity`` (mean accuracy on the training tasks) and ``source_similarity``
@@ -89,25 +89,18 @@ def score_model(model_ref: str | Path, pools: dict, tasks: list, scorers: list[s
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
-def shard_of(zoo_index: pd.DataFrame, shard: tuple[int, int] | None) -> pd.DataFrame:
-    """Rows of shard ``(i, n)`` of the zoo (every n-th model from i), or all of them."""
-    if shard is None:
-        return zoo_index
-    i, n = shard
-    if not 0 <= i < n:
-        raise ValueError(f"shard index {i} is not in 0..{n - 1}")
-    return zoo_index.iloc[i::n]
-
-
 def run_baselines(zoo_index: pd.DataFrame, zoo_dir: Path, pools: dict, tasks: list, scorers: list[str],
-                  batch_size: int, parts: Path, device: str = "cpu", shard: tuple[int, int] | None = None,
+                  batch_size: int, parts: Path, device: str = "cpu",
                   progress: Callable[[Iterable], Iterable] = iter) -> pd.DataFrame:
-    """Score every model of the (shard of the) zoo on every task; resumes from ``parts/<model_id>.csv``."""
+    """Score every model of ``zoo_index`` on every task; resumes from ``parts/<model_id>.csv``.
+
+    A SLURM array task passes its shard of the index (``pipeline.shard_rows``) into the same folder.
+    """
     unknown = [s for s in scorers if s not in T.SCORERS]
     if unknown:
         raise ValueError(f"baselines.scorers has unknown {unknown}; registered: {', '.join(T.list_scorers())}")
     frames = []
-    for row in progress(list(shard_of(zoo_index, shard).itertuples())):
+    for row in progress(list(zoo_index.itertuples())):
         part = parts / f"{row.model_id}.csv"
         if part.exists():
             frames.append(pd.read_csv(part, keep_default_na=False, na_values=[""]))

@@ -1,4 +1,4 @@
-"""Stage 05: forward pass, scoring every pair, skipped rows with reasons, resume, shards."""
+"""Stage 05: forward pass, scoring every pair, skipped rows with reasons, resume."""
 import numpy as np
 import pandas as pd
 import pytest
@@ -52,14 +52,6 @@ def test_random_reference_is_seeded_and_covers_every_pair():
     b = baselines.random_scores(["m1", "m2"], ["t1", "t2", "t3"], seed=0)
     c = baselines.random_scores(["m1", "m2"], ["t1", "t2", "t3"], seed=1)
     assert len(a) == 6 and a.equals(b) and not np.allclose(a.score, c.score)
-
-
-def test_shards_partition_the_zoo():
-    zoo = pd.DataFrame({"model_id": [f"m{i}" for i in range(7)], "path": ["x"] * 7})
-    got = pd.concat([baselines.shard_of(zoo, (i, 3)) for i in range(3)]).model_id
-    assert sorted(got) == sorted(zoo.model_id) and got.is_unique
-    with pytest.raises(ValueError, match="shard index 3"):
-        baselines.shard_of(zoo, (3, 3))
 
 
 def test_run_baselines_resumes_from_parts_and_rejects_unknown_scorers(tmp_path):
