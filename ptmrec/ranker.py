@@ -38,6 +38,8 @@ from torch.utils.data import DataLoader, Dataset
 from .params import RankerParams, TrainParams
 from .train import Trainer, register_trainer, split_ids
 
+FORMAT = 1  # version of the saved ranker folder; ``ptmrec recommend`` refuses others
+
 
 # ------------------------------------------------------------------------------- data
 
@@ -365,7 +367,7 @@ def predict(model: nn.Module, data: RankingData, task_ids: list[str], models: np
 
 
 def save_ranker(model: nn.Module, folder: Path, extra: dict[str, Any] | None = None) -> Path:
-    """config.json (RankerConfig + ``extra``) + model.safetensors in ``folder``."""
+    """config.json (RankerConfig + ``extra`` + ``format``) + model.safetensors in ``folder``."""
     from safetensors.torch import save_file
 
     from .paths import atomic_path, write_json
@@ -373,7 +375,7 @@ def save_ranker(model: nn.Module, folder: Path, extra: dict[str, Any] | None = N
     folder = Path(folder)
     with atomic_path(folder / "model.safetensors") as tmp:
         save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp))
-    write_json(folder / "config.json", {**dataclasses.asdict(model.cfg), **(extra or {})})
+    write_json(folder / "config.json", {**dataclasses.asdict(model.cfg), **(extra or {}), "format": FORMAT})
     return folder
 
 
