@@ -7,7 +7,8 @@
 #   ./run_all.sh params/smoke.yaml --from 01_groundtruth
 #   ./run_all.sh params/smoke.yaml --only 00_zoo_and_tasks
 #
-# Executed notebooks land in runs/<set>/notebooks/, stage outputs in runs/<set>/<stage>/.
+# Executed notebooks land in runs/<set>/notebooks/, stage outputs in runs/<set>/<stage>/, and a
+# successful run ends by writing its HTML report, runs/<set>/report/index.html (ptmrec report).
 # Stages whose parameters, code and inputs are unchanged are skipped. The first failing
 # notebook stops the run with a non-zero exit naming the notebook and the cell.
 set -euo pipefail

@@ -413,24 +413,94 @@ def flat_extractor(w: Weights, length: int) -> np.ndarray:
 # ---------------------------------------------------------------------------------- the zoo
 
 
-def _model_vector(row: Mapping, zoo_dir: Path, extractor: str, length: int) -> np.ndarray:
+def _model_weights(row: Mapping, zoo_dir: Path) -> Weights:
     folder = zoo_dir / str(row["path"])
     if row.get("loader") == "hf":  # hub model: the zoo folder holds its config; load it and use its state dict
         from .zoo import load_model
 
         model, _ = load_model(folder)
-        return extract_state_dict(model.state_dict(), extractor, length, source=str(row["model_id"]))
-    return extract_file(folder / WEIGHTS, extractor, length)
+        return state_weights(model.state_dict(), source=str(row["model_id"]))
+    return read_weights(folder / WEIGHTS)
+
+
+def _model_vector(row: Mapping, zoo_dir: Path, extractor: str, length: int) -> np.ndarray:
+    return extract(_model_weights(row, zoo_dir), extractor, length)
+
+
+def _reason(e: Exception) -> str:
+    return f"{type(e).__name__}: {e}"
+
+
+def _part_paths(parts: Path, row: Mapping) -> tuple[Path, Path]:
+    """Where one model's vector (.npy) or skip reason (.skip) is kept in a parts folder (named by zoo folder)."""
+    stem = parts / str(row["path"])
+    return stem.with_name(stem.name + ".npy"), stem.with_name(stem.name + ".skip")
+
+
+def _save_part(parts: Path, row: Mapping, vector: np.ndarray | None, reason: str = "") -> None:
+    from .paths import atomic_path, write_text
+
+    npy, skip = _part_paths(parts, row)
+    if vector is None:
+        write_text(skip, reason)
+        return
+    with atomic_path(npy) as tmp, open(tmp, "wb") as f:
+        np.save(f, vector)
+
+
+def _load_part(parts: Path, row: Mapping) -> tuple[bool, np.ndarray | None, str]:
+    """(found, vector or None, skip reason) of a model in a parts folder."""
+    npy, skip = _part_paths(parts, row)
+    if npy.exists():
+        return True, np.load(npy), ""
+    if skip.exists():
+        return True, None, skip.read_text()
+    return False, None, ""
+
+
+def extract_parts(index, zoo_dir: str | Path, length: int, parts: str | Path,
+                  extractors: Iterable[str] | None = None) -> int:
+    """Vectors of the models in ``index`` by every extractor design (default: all registered), one file each.
+
+    Writes ``parts/<design>/<zoo folder>.npy`` (float32 [length]) or ``.skip`` (the reason), atomically; a
+    model whose files are all there is not read again. Each model's weights are read once for every design.
+    This is how a cluster shards stage 02 (``ptmrec shard``); ``extract_zoo(..., parts=parts / design)``
+    then only gathers. Returns the number of models read.
+    """
+    zoo_dir, parts = Path(zoo_dir), Path(parts)
+    names = list(extractors or list_extractors())
+    for n in names:
+        get_extractor(n)
+    read = 0
+    for row in (index.to_dict("records") if hasattr(index, "to_dict") else list(index)):
+        todo = [n for n in names if not _load_part(parts / n, row)[0]]
+        if not todo:
+            continue
+        read += 1
+        try:
+            w = _model_weights(row, zoo_dir)
+        except Exception as e:  # noqa: BLE001 -- recorded as the model's skip reason, as extract_zoo does
+            for n in todo:
+                _save_part(parts / n, row, None, _reason(e))
+            continue
+        for n in todo:
+            try:
+                _save_part(parts / n, row, extract(w, n, length))
+            except Exception as e:  # noqa: BLE001
+                _save_part(parts / n, row, None, _reason(e))
+    return read
 
 
 def extract_zoo(index, zoo_dir: str | Path, params: Any, out_dir: str | Path,
-                progress: bool = True) -> tuple[list[str], list[tuple[str, str]]]:
+                progress: bool = True, parts: str | Path | None = None) -> tuple[list[str], list[tuple[str, str]]]:
     """Vectors of every model in ``index`` (scan_zoo / index.csv rows: model_id, path, loader).
 
     ``params`` is an ExtractParams (extractor, length, shard_size). Writes ``out_dir/vectors-NNNNN.npz``
     (``ids`` [n] str, ``vectors`` [n, length] float32; ``shard_size`` models each, atomic), ``skipped.csv``
     (model_id, reason) and ``vectors.json`` (extractor, length, counts, seconds). Returns (ids, skipped).
-    A model that fails is skipped with its reason, never fatal.
+    A model that fails is skipped with its reason, never fatal. With ``parts`` (a folder for this design,
+    see ``extract_parts``), each model's vector or skip reason is kept there as soon as it is computed and
+    taken from there when present: a killed run resumes, and shards computed elsewhere are only gathered.
     """
     import pandas as pd
 
@@ -447,11 +517,24 @@ def extract_zoo(index, zoo_dir: str | Path, params: Any, out_dir: str | Path,
     import torch  # noqa: F401 -- the spectra use it: imported before the clock starts
     t0 = time.perf_counter()
     for row in (bar(rows, desc=f"extract {params.extractor}") if progress else rows):
+        if parts is not None:
+            found, v, reason = _load_part(Path(parts), row)
+            if found:
+                if v is None:
+                    skipped.append((str(row["model_id"]), reason))
+                else:
+                    vecs.append(v), ids.append(str(row["model_id"]))
+                continue
         try:
-            vecs.append(_model_vector(row, zoo_dir, params.extractor, params.length))
-            ids.append(str(row["model_id"]))
+            v = _model_vector(row, zoo_dir, params.extractor, params.length)
         except Exception as e:  # noqa: BLE001 -- one bad model must not stop a zoo of hundreds
-            skipped.append((str(row["model_id"]), f"{type(e).__name__}: {e}"))
+            skipped.append((str(row["model_id"]), _reason(e)))
+            if parts is not None:
+                _save_part(Path(parts), row, None, _reason(e))
+            continue
+        vecs.append(v), ids.append(str(row["model_id"]))
+        if parts is not None:
+            _save_part(Path(parts), row, v)
     seconds = time.perf_counter() - t0
     V = np.stack(vecs) if vecs else np.zeros((0, params.length), np.float32)
     step = max(1, params.shard_size)

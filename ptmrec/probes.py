@@ -82,8 +82,11 @@ def probe_all(x: np.ndarray, ids: np.ndarray, zoo: pd.DataFrame, perf: pd.DataFr
 
 
 def compare_extractors(index: pd.DataFrame, zoo_dir, perf: pd.DataFrame, method: str, extract_params,
-                       out_dir, seed: int = 0) -> pd.DataFrame:
-    """Extract the zoo with every registered design and probe each: one row per design."""
+                       out_dir, seed: int = 0, parts=None) -> pd.DataFrame:
+    """Extract the zoo with every registered design and probe each: one row per design.
+
+    ``parts``: a folder of per-model vectors by design (``extract.extract_parts``, a sharded stage 02).
+    """
     import dataclasses
     from pathlib import Path
 
@@ -92,7 +95,8 @@ def compare_extractors(index: pd.DataFrame, zoo_dir, perf: pd.DataFrame, method:
     rows = []
     for name in list_extractors():
         folder = Path(out_dir) / name
-        extract_zoo(index, zoo_dir, dataclasses.replace(extract_params, extractor=name), folder, progress=False)
+        extract_zoo(index, zoo_dir, dataclasses.replace(extract_params, extractor=name), folder, progress=False,
+                    parts=None if parts is None else Path(parts) / name)
         ids, x = load_vectors(folder)
         rows.append(dict(extractor=name, **probe_all(x, ids, index, perf, method, seed)))
     return pd.DataFrame(rows)

@@ -1,0 +1,474 @@
+"""Reports of a run: an HTML report (no Quarto needed), the figures gathered, Quarto and thesis inputs.
+
+    runs/<set>/report/index.html                  every stage: status, key metrics, labelled figures
+    runs/<set>/report/<stage>.html                its executed notebook (nbconvert)
+    runs/<set>/report/figures/<stage>/<name>.pdf|png
+    reports/notebooks/<stage>.ipynb               copies for `quarto render reports/` (ptmrec report --run)
+    reports/figures-<stage>.qmd                   every labelled figure of a notebook, embedded
+    thesis/generated/...                          what thesis/*.tex references (ptmrec thesis --run)
+
+``pipeline.run()`` writes the HTML report at the end of every successful run; it only converts
+notebooks newer than their HTML, so it takes seconds. A figure is a notebook cell whose source
+starts with ``#| label: fig-...`` (and ``#| fig-cap: "..."``), Quarto's cell options; its files are
+the ``plots.save(fig, OUT, "<name>")`` it calls, or figures/<name>.png it shows.
+
+Thesis: ``thesis/**/*.tex`` reference generated files as ``generated/<stage>/<path>`` (a file a
+stage wrote, e.g. ``generated/03_autoencoder/figures/token_map.pdf``) or
+``generated/tables/<name>.tex`` (a table made here from a run's plain files, see TABLES).
+``thesis_assets`` copies / makes exactly those; a missing one is an error naming the file, the
+.tex line that needs it and the stage that should have made it.
+"""
+from __future__ import annotations
+
+import html
+import json
+import re
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import yaml
+
+from .paths import REPO, read_json, write_text
+
+FIGURE_EXTS = (".pdf", ".png")
+_OPTION = re.compile(r"^#\|\s*([\w-]+)\s*:\s*(.*)$")
+_SAVED = re.compile(r"plots\.save\([^)]*?[\"']([\w.-]+)[\"']\s*\)")
+_SHOWN = re.compile(r"[\"']([\w.-]+)\.(?:png|pdf)[\"']")
+
+
+class ReportError(RuntimeError):
+    """A report or thesis input cannot be made; the message names what is missing and who makes it."""
+
+
+@dataclass(frozen=True)
+class Figure:
+    stage: str
+    label: str  # fig-...
+    caption: str
+    name: str  # file stem under <stage>/figures/
+    cell: int  # index of the cell in the notebook
+    has_output: bool  # the executed cell shows an image
+
+
+# ------------------------------------------------------------------------------ notebooks
+
+
+def cell_options(source: str) -> dict[str, str]:
+    """Quarto cell options: the leading ``#| key: value`` lines of a code cell (values YAML-parsed)."""
+    opts = {}
+    for line in source.splitlines():
+        m = _OPTION.match(line.strip())
+        if not m:
+            break
+        try:
+            value = yaml.safe_load(m.group(2))
+        except yaml.YAMLError:
+            value = m.group(2)
+        opts[m.group(1)] = "" if value is None else str(value)
+    return opts
+
+
+def stage_notebooks(run: str | Path) -> list[tuple[str, Path]]:
+    """(stage, executed notebook) of a run: registered stages in order, then any others by name."""
+    from .pipeline import STAGES
+
+    folder = Path(run) / "notebooks"
+    found = {p.stem: p for p in folder.glob("*.ipynb")} if folder.is_dir() else {}
+    order = [s for s in STAGES if s in found] + sorted(s for s in found if s not in STAGES)
+    return [(s, found[s]) for s in order]
+
+
+def notebook_figures(path: str | Path, stage: str | None = None) -> list[Figure]:
+    """The labelled figures (``#| label: fig-...``) of a notebook, in cell order."""
+    nb = json.loads(Path(path).read_text())
+    stage = stage or Path(path).stem
+    figs = []
+    for i, cell in enumerate(nb["cells"]):
+        if cell["cell_type"] != "code":
+            continue
+        src = "".join(cell["source"])
+        opts = cell_options(src)
+        label = opts.get("label", "")
+        if not label.startswith("fig-"):
+            continue
+        m = _SAVED.search(src) or _SHOWN.search(src)
+        name = m.group(1) if m else label[4:].replace("-", "_")
+        shown = any(o.get("output_type") in ("display_data", "execute_result")
+                    and any(k.startswith("image/") for k in o.get("data", {})) for o in cell.get("outputs", []))
+        figs.append(Figure(stage, label, opts.get("fig-cap", ""), name, i, shown))
+    return figs
+
+
+def notebook_failed(path: str | Path) -> str | None:
+    """The error of an executed notebook (``ename: evalue`` of its first error output), or None."""
+    for cell in json.loads(Path(path).read_text())["cells"]:
+        for o in cell.get("outputs", []):
+            if o.get("output_type") == "error":
+                return f"{o.get('ename', '')}: {o.get('evalue', '')}"
+    return None
+
+
+# -------------------------------------------------------------------------------- figures
+
+
+def figure_files(run: str | Path) -> dict[str, list[Path]]:
+    """Stage -> its figure files (runs/<set>/<stage>/figures/*.pdf|png), sorted."""
+    out = {}
+    for d in sorted(Path(run).glob("*/figures")):
+        files = sorted(p for p in d.iterdir() if p.suffix in FIGURE_EXTS and not p.name.startswith("."))
+        if files:
+            out[d.parent.name] = files
+    return out
+
+
+def _copy_if_newer(src: Path, dst: Path) -> bool:
+    if dst.exists() and dst.stat().st_mtime >= src.stat().st_mtime and dst.stat().st_size == src.stat().st_size:
+        return False
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(f".{dst.name}.tmp")
+    shutil.copy2(src, tmp)
+    tmp.replace(dst)
+    return True
+
+
+def collect_figures(run: str | Path, dest: str | Path) -> list[Path]:
+    """Copy every figure of a run to dest/<stage>/<name>.pdf|png (only what changed); return the copies."""
+    dest = Path(dest)
+    copies = []
+    for stage, files in figure_files(run).items():
+        for f in files:
+            _copy_if_newer(f, dest / stage / f.name)
+            copies.append(dest / stage / f.name)
+    return copies
+
+
+def figure_size_in(path: str | Path) -> tuple[float, float]:
+    """(width, height) in inches of a saved figure: a PDF's MediaBox, or a PNG's pixels at its DPI (200)."""
+    path = Path(path)
+    if path.suffix == ".pdf":
+        m = re.search(rb"/MediaBox\s*\[\s*([-\d.]+)\s+([-\d.]+)\s+([-\d.]+)\s+([-\d.]+)\s*\]", path.read_bytes())
+        if not m:
+            raise ReportError(f"{path}: no /MediaBox in the PDF")
+        x0, y0, x1, y1 = map(float, m.groups())
+        return (x1 - x0) / 72, (y1 - y0) / 72
+    from PIL import Image
+
+    with Image.open(path) as im:
+        dpi = im.info.get("dpi", (200, 200))[0] or 200
+        return im.width / dpi, im.height / dpi
+
+
+# ----------------------------------------------------------------------------- HTML report
+
+
+def _summary(metrics: dict) -> dict:
+    """The scalar figures of a stage's metrics.json (what its summary cell printed), for the index."""
+    skip = {"stage", "params"}
+    return {k: v for k, v in metrics.items() if k not in skip and isinstance(v, (int, float, str, bool)) and
+            not (isinstance(v, str) and len(v) > 60)}
+
+
+def _convert(nb: Path, out: Path) -> bool:
+    """nbconvert one executed notebook to HTML unless the HTML is newer; return whether it converted."""
+    if out.exists() and out.stat().st_mtime >= nb.stat().st_mtime:
+        return False
+    from nbconvert import HTMLExporter
+
+    body, _ = HTMLExporter(template_name="lab").from_filename(str(nb))
+    write_text(out, body)
+    return True
+
+
+_STYLE = """body{font-family:system-ui,sans-serif;max-width:72rem;margin:2rem auto;padding:0 1rem;color:#222}
+table{border-collapse:collapse;margin:.5rem 0}td,th{border-bottom:1px solid #ddd;padding:.2rem .6rem;text-align:left;
+vertical-align:top;font-size:.9rem}figure{display:inline-block;width:46%;margin:.5rem 1%;vertical-align:top}
+figure img{width:100%;border:1px solid #eee}figcaption{font-size:.85rem}.bad{color:#b00}.ok{color:#070}
+code{font-size:.85rem}"""
+
+
+def write_html_report(run: str | Path) -> Path:
+    """Write runs/<set>/report/: index.html, one HTML per executed notebook, figures/; return index.html."""
+    run = Path(run)
+    if not run.is_dir():
+        raise ReportError(f"{run}: no such run folder (run ./run_all.sh params/<set>.yaml first)")
+    out = run / "report"
+    notebooks = stage_notebooks(run)
+    collect_figures(run, out / "figures")
+    rows, sections = [], []
+    for stage, nb in notebooks:
+        _convert(nb, out / f"{stage}.html")
+        marker, metrics = run / stage / "_stage.json", run / stage / "metrics.json"
+        err = notebook_failed(nb)
+        done = read_json(marker) if marker.exists() else None
+        status = (f'<span class="bad">failed: {html.escape(err)}</span>' if err else
+                  f'<span class="ok">done {html.escape(str(done.get("finished", "")))} '
+                  f'({done.get("seconds", "?")} s)</span>' if done else '<span class="bad">not finished</span>')
+        summary = _summary(read_json(metrics)) if metrics.exists() else {}
+        figures = notebook_figures(nb, stage)
+        cells = "".join(f"<tr><td>{html.escape(k)}</td><td>{html.escape(str(v))}</td></tr>" for k, v in summary.items())
+        rows.append(f'<tr><td><a href="#{stage}">{stage}</a></td><td>{status}</td>'
+                    f'<td><a href="{stage}.html">notebook</a></td><td>{len(figures)}</td></tr>')
+        figs = []
+        for f in figures:
+            png, pdf = f"figures/{stage}/{f.name}.png", f"figures/{stage}/{f.name}.pdf"
+            links = " ".join(f'<a href="{p}">{p.rsplit(".", 1)[1].upper()}</a>' for p in (pdf, png) if (out / p).exists())
+            img = f'<img src="{png}" alt="{html.escape(f.label)}">' if (out / png).exists() else \
+                f'<p class="bad">no file figures/{f.name}.png in {stage}/</p>'
+            figs.append(f'<figure id="{f.label}">{img}<figcaption><b>{f.label}</b>: {html.escape(f.caption)} '
+                        f'{links}</figcaption></figure>')
+        sections.append(f'<h2 id="{stage}">{stage}</h2><p>{status} · <a href="{stage}.html">executed notebook</a></p>'
+                        + (f"<table>{cells}</table>" if cells else "") + "".join(figs))
+    title = f"ptmrec run {html.escape(run.name)}"
+    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{title}</title><style>{_STYLE}</style></head>"
+            f"<body><h1>{title}</h1><p>{html.escape(str(run.resolve()))} · written "
+            f"{time.strftime('%Y-%m-%d %H:%M:%S')}"
+            + "".join(f' · <a href="../{s}/params.resolved.yaml">resolved parameters</a>' for s, _ in notebooks[:1])
+            + "</p><table><tr><th>stage</th><th>status</th><th>HTML</th><th>figures</th></tr>"
+            + "".join(rows) + "</table>" + "".join(sections) + "</body></html>\n")
+    write_text(out / "index.html", page)
+    return out / "index.html"
+
+
+# ---------------------------------------------------------------------------------- Quarto
+
+
+def prepare_quarto(run: str | Path, reports: str | Path = REPO / "reports") -> list[Path]:
+    """Copy a run's executed notebooks into reports/notebooks/ and write the generated figure pages.
+
+    ``figures-<stage>.qmd`` embeds every labelled figure of one notebook (one page per stage: labels
+    are unique within a notebook, not across notebooks) and ``figures.qmd`` links them. Afterwards
+    ``quarto render reports/`` renders these and the hand-written pages. Returns the copied notebooks.
+    """
+    run, reports = Path(run), Path(reports)
+    notebooks = stage_notebooks(run)
+    if not notebooks:
+        raise ReportError(f"{run}/notebooks: no executed notebooks (run ./run_all.sh params/<set>.yaml first)")
+    dest = reports / "notebooks"
+    dest.mkdir(parents=True, exist_ok=True)
+    for old in list(dest.glob("*.ipynb")) + list(reports.glob("figures-*.qmd")):
+        old.unlink()
+    copies = []
+    index = ["---", f'title: "Every figure of run {run.name}"', "---", "",
+             f"Generated by `ptmrec report --run {run}`: one page per executed notebook, each embedding "
+             "every labelled figure of it.", ""]
+    for stage, nb in notebooks:
+        _copy_if_newer(nb, dest / nb.name)
+        copies.append(dest / nb.name)
+        figs = notebook_figures(nb, stage)
+        if not figs:
+            continue
+        page = ["---", f'title: "{stage}"', "---", ""] + [f"{{{{< embed notebooks/{nb.name}#{f.label} >}}}}\n"
+                                                           for f in figs]
+        write_text(reports / f"figures-{stage}.qmd", "\n".join(page))
+        index.append(f"- [{stage}](figures-{stage}.qmd): {len(figs)} figures")
+    write_text(reports / "figures.qmd", "\n".join(index) + "\n")
+    return copies
+
+
+def embed_targets(qmd: str | Path) -> list[tuple[str, str, int]]:
+    """(notebook path, cell label, line) of every ``{{< embed notebook.ipynb#label >}}`` in a .qmd file."""
+    pat = re.compile(r"\{\{<\s*embed\s+([^#\s>]+\.ipynb)#([\w-]+)")
+    return [(m.group(1), m.group(2), i + 1) for i, line in enumerate(Path(qmd).read_text().splitlines())
+            for m in pat.finditer(line)]
+
+
+def check_embeds(reports: str | Path, run: str | Path) -> list[str]:
+    """Problems of the hand-written reports/*.qmd against a run: embed targets whose notebook or label is missing."""
+    notebooks = dict((p.name, p) for _, p in stage_notebooks(run))
+    problems = []
+    for qmd in sorted(Path(reports).glob("*.qmd")):
+        for nb, label, line in embed_targets(qmd):
+            name = Path(nb).name
+            if name not in notebooks:
+                problems.append(f"{qmd.name}:{line}: notebook {nb} is not an executed notebook of {run}")
+            elif label not in {f.label for f in notebook_figures(notebooks[name])}:
+                problems.append(f"{qmd.name}:{line}: {nb} has no cell labelled {label}")
+    return problems
+
+
+# --------------------------------------------------------------------------------- thesis
+
+TABLES: dict[str, Callable[[Path], str]] = {}
+_GENERATED = re.compile(r"generated/([\w./-]+)")
+
+
+def register_table(name: str) -> Callable:
+    """Decorator: register ``fn(run: Path) -> str`` (a LaTeX table) as thesis/generated/tables/<name>.tex."""
+
+    def deco(fn: Callable[[Path], str]) -> Callable[[Path], str]:
+        TABLES[name] = fn
+        return fn
+
+    return deco
+
+
+def list_tables() -> list[str]:
+    return sorted(TABLES)
+
+
+def latex_escape(text: object) -> str:
+    """Text safe in LaTeX (underscores in model and task ids, percent signs, ...)."""
+    repl = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{",
+            "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+    return "".join(repl.get(c, c) for c in str(text))
+
+
+def latex_table(df, floats: int = 3) -> str:
+    """A booktabs tabular of a DataFrame (header = columns, escaped; floats rounded); no float environment."""
+    import numpy as np
+
+    def cell(v: object) -> str:
+        if isinstance(v, (float, np.floating)):
+            return "--" if np.isnan(v) else f"{v:.{floats}f}"
+        return latex_escape(v)
+
+    cols = "l" + "r" * (len(df.columns) - 1)
+    lines = [rf"\begin{{tabular}}{{{cols}}}", r"\toprule", " & ".join(latex_escape(c) for c in df.columns) + r" \\",
+             r"\midrule"]
+    lines += [" & ".join(cell(v) for v in row) + r" \\" for row in df.itertuples(index=False)]
+    return "\n".join(lines + [r"\bottomrule", r"\end{tabular}"]) + "\n"
+
+
+def _need(run: Path, rel: str) -> Path:
+    path = run / rel
+    if not path.exists():
+        stage = rel.split("/")[0]
+        raise ReportError(f"{path} does not exist: stage {stage} should have made it "
+                          f"(run ./run_all.sh params/{run.name}.yaml --from {stage})")
+    return path
+
+
+@register_table("zoo")
+def _zoo_table(run: Path) -> str:
+    """Models per architecture family: count, source tasks, parameters (median, millions)."""
+    import pandas as pd
+
+    zoo = pd.read_csv(_need(run, "00_zoo_and_tasks/zoo/index.csv"))
+    g = zoo.groupby("family").agg(models=("model_id", "size"), sources=("source_task", "nunique"),
+                                  params=("num_params", "median")).reset_index()
+    g["params"] = g["params"] / 1e6
+    return latex_table(g.rename(columns={"params": "params (M, median)", "sources": "source tasks"}), 2)
+
+
+@register_table("groundtruth")
+def _groundtruth_table(run: Path) -> str:
+    """Per transfer method: tasks, mean accuracy of the best / worst model, mean range and std over the zoo."""
+    import pandas as pd
+
+    s = pd.read_csv(_need(run, "01_groundtruth/spread.csv"))
+    g = s.groupby("method").agg(tasks=("task_id", "nunique"), best=("best", "mean"), worst=("worst", "mean"),
+                                range=("range", "mean"), std=("std", "mean"), chance=("chance", "mean")).reset_index()
+    return latex_table(g)
+
+
+@register_table("noise")
+def _noise_table(run: Path) -> str:
+    """The noise ceiling: agreement between two ground-truth runs with different seeds (mean, min over tasks)."""
+    import pandas as pd
+
+    n = pd.read_csv(_need(run, "01_groundtruth/noise.csv"))
+    rows = [dict(statistic=c.replace("_", " "), mean=n[c].mean(), min=n[c].min(), tasks=len(n))
+            for c in ("kendall_tau", "weighted_tau")]
+    return latex_table(pd.DataFrame(rows))
+
+
+@register_table("extractors")
+def _extractor_table(run: Path) -> str:
+    """Probe scores of each parameter-vector design on held-out models."""
+    import pandas as pd
+
+    d = pd.read_csv(_need(run, "02_model_vectors/designs.csv"))
+    return latex_table(d[["extractor", "family", "source_task", "transfer_tau"]])
+
+
+@register_table("tokens")
+def _token_table(run: Path) -> str:
+    """The same probes on raw parameter vectors and on autoencoder tokens."""
+    import pandas as pd
+
+    d = pd.read_csv(_need(run, "03_autoencoder/probes.csv"))
+    return latex_table(d[["representation", "family", "source_task", "transfer_tau"]])
+
+
+def run_macros(run: Path) -> str:
+    """generated/run.tex: \\ptmrecRun (the run's name) and \\ptmrecRunDate (when its last stage finished)."""
+    finished = [read_json(p).get("finished", "") for p in run.glob("*/_stage.json")]
+    return (f"\\newcommand{{\\ptmrecRun}}{{{latex_escape(run.name)}}}\n"
+            f"\\newcommand{{\\ptmrecRunDate}}{{{latex_escape(max(finished) if finished else 'unfinished')}}}\n")
+
+
+def thesis_references(thesis: str | Path) -> dict[str, list[str]]:
+    """Every ``generated/...`` path the thesis sources name -> where (file:line), from thesis/**/*.tex."""
+    thesis = Path(thesis)
+    refs: dict[str, list[str]] = {}
+    for tex in sorted(thesis.rglob("*.tex")):
+        if "generated" in tex.relative_to(thesis).parts:
+            continue
+        for i, line in enumerate(tex.read_text().splitlines(), 1):
+            code = re.split(r"(?<!\\)%", line, maxsplit=1)[0]  # not in comments
+            for m in _GENERATED.finditer(code):
+                rel = m.group(1).rstrip(".")
+                if rel.startswith("tables/") and not rel.endswith(".tex"):
+                    rel += ".tex"  # \input{generated/tables/zoo} means zoo.tex
+                refs.setdefault(rel, []).append(f"{tex.relative_to(thesis)}:{i}")
+    return refs
+
+
+def thesis_assets(run: str | Path, thesis: str | Path = REPO / "thesis") -> list[Path]:
+    """Fill thesis/generated/ with exactly the files the .tex sources reference; raise naming every missing one.
+
+    ``generated/<stage>/<path>`` is copied from runs/<set>/<stage>/<path>; ``generated/tables/<name>.tex``
+    is made by the registered table ``name``; ``generated/run.tex`` holds the run's macros.
+    """
+    from .pipeline import STAGES
+
+    run, thesis = Path(run), Path(thesis)
+    if not run.is_dir():
+        raise ReportError(f"{run}: no such run folder (run ./run_all.sh params/<set>.yaml first)")
+    gen = thesis / "generated"
+    made, missing = [], []
+    for rel, where in sorted(thesis_references(thesis).items()):
+        at = ", ".join(where)
+        dst = gen / rel
+        head, _, rest = rel.partition("/")
+        try:
+            if rel == "run.tex":
+                write_text(dst, run_macros(run))
+            elif head == "tables":
+                name = Path(rest).stem
+                if name not in TABLES:
+                    raise ReportError(f"no table '{name}' in ptmrec.report (tables: {', '.join(list_tables())})")
+                write_text(dst, TABLES[name](run))
+            else:
+                src = run / rel
+                if not src.exists():
+                    who = (f"stage {head} (notebooks/{head}.ipynb) should have made it; run "
+                           f"./run_all.sh params/{run.name}.yaml --from {head}" if head in STAGES
+                           else f"'{head}' is not a stage ({', '.join(STAGES)})")
+                    raise ReportError(f"{src} does not exist: {who}")
+                _copy_if_newer(src, dst)
+            made.append(dst)
+        except ReportError as e:
+            missing.append(f"generated/{rel} (needed by {at}): {e}")
+    if missing:
+        raise ReportError(f"thesis inputs missing for run {run}:\n  " + "\n  ".join(missing))
+    return made
+
+
+def build_thesis(run: str | Path, thesis: str | Path = REPO / "thesis", latexmk: str = "latexmk") -> Path:
+    """thesis_assets, then ``latexmk -pdf main.tex`` in thesis/; return main.pdf. LaTeX errors raise with the log tail."""
+    thesis = Path(thesis)
+    thesis_assets(run, thesis)
+    if shutil.which(latexmk) is None:
+        raise ReportError(f"{latexmk} is not on the PATH: install latexmk and TeX Live (apt.txt), then run again")
+    r = subprocess.run([latexmk, "-pdf", "-interaction=nonstopmode", "-halt-on-error", "-file-line-error", "main.tex"],
+                       cwd=thesis, capture_output=True, text=True)
+    if r.returncode != 0:
+        log = (thesis / "main.log").read_text(errors="replace") if (thesis / "main.log").exists() else r.stdout
+        errors = [line for line in log.splitlines() if line.startswith(("!", "./")) or "Error" in line]
+        raise ReportError(f"latexmk failed in {thesis} ({r.returncode}):\n" + "\n".join(errors[-15:] or log[-3000:].splitlines()))
+    return thesis / "main.pdf"
