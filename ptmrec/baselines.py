@@ -103,7 +103,7 @@ def run_baselines(zoo_index: pd.DataFrame, zoo_dir: Path, pools: dict, tasks: li
     for row in progress(list(zoo_index.itertuples())):
         part = parts / f"{row.model_id}.csv"
         if part.exists():
-            frames.append(pd.read_csv(part, keep_default_na=False, na_values=[""]))
+            frames.append(pd.read_csv(part, dtype={"error": str}).fillna({"error": ""}))
             continue
         df = score_model(Path(zoo_dir) / row.path, pools, tasks, scorers, batch_size, device)
         write_csv(part, df)

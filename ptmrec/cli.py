@@ -1,4 +1,4 @@
-"""The ``ptmrec`` command line: ``ptmrec run``, ``ptmrec params``, ``ptmrec stages``, ``ptmrec train``."""
+"""The ``ptmrec`` command line: ``run``, ``params``, ``stages``, ``train``, ``shard``, ``plan``, ``report``, ``thesis``, ``recommend``."""
 from __future__ import annotations
 
 import argparse
@@ -48,6 +48,87 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_shard(args: argparse.Namespace) -> int:
+    from . import pipeline
+
+    if args.list or not args.stage:
+        print("\n".join(pipeline.list_sharders()))
+        return 0
+    if args.count < 1 or not 0 <= args.index < args.count:
+        print(f"ptmrec shard: need 0 <= --index < --count, got {args.index} of {args.count}", file=sys.stderr)
+        return 2
+    try:
+        return pipeline.run_shard(args.params, args.stage, args.index, args.count)
+    except RuntimeError as e:  # an upstream stage is not done
+        print(f"ptmrec shard: {e}", file=sys.stderr)
+        return 1
+
+
+def _cmd_plan(args: argparse.Namespace) -> int:
+    """First line ``run <folder>``; then per selected stage: name, shardable (0/1), up to date (0/1), the
+    stages it depends on (comma-separated, ``-`` for none)."""
+    from . import pipeline
+    from .paths import run_dir
+
+    P = params_mod.load(args.params)
+    if args.until and args.until not in pipeline.STAGES:
+        print(f"ptmrec plan: unknown stage '{args.until}'; stages: {', '.join(pipeline.list_stages())}", file=sys.stderr)
+        return 2
+    print(f"run {run_dir(P.name)}")
+    for name in pipeline.select(args.start, args.only):
+        if args.until and pipeline.list_stages().index(name) > pipeline.list_stages().index(args.until):
+            break
+        deps = ",".join(pipeline.STAGES[name].depends) or "-"
+        print(f"{name} {int(name in pipeline.SHARDERS)} {int(pipeline.is_fresh(P, name))} {deps}")
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from . import report
+
+    try:
+        index = report.write_html_report(args.run)
+        print(f"HTML report: {index}")
+        if not args.no_quarto:
+            report.prepare_quarto(args.run, args.reports)
+            print(f"Quarto: {args.reports}/notebooks/ and figures.qmd ready; render with: quarto render {args.reports}")
+    except report.ReportError as e:
+        print(f"ptmrec report: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _cmd_thesis(args: argparse.Namespace) -> int:
+    from . import report
+
+    try:
+        if args.assets_only:
+            made = report.thesis_assets(args.run, args.thesis)
+            print(f"{len(made)} files in {args.thesis}/generated/")
+        else:
+            print(f"thesis: {report.build_thesis(args.run, args.thesis)}")
+    except report.ReportError as e:
+        print(f"ptmrec thesis: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _cmd_recommend(args: argparse.Namespace) -> int:
+    from . import recommend as rec_mod
+    from .paths import runs_root
+
+    try:
+        rec = rec_mod.recommend(args.run, args.images, args.top, args.max_latency_ms, args.max_memory_mb, args.device)
+    except (rec_mod.RecommendError, FileNotFoundError, ValueError, RuntimeError) as e:
+        print(f"ptmrec recommend: {e}", file=sys.stderr)
+        return 2
+    print(rec_mod.format_table(rec))
+    out = args.out or (runs_root() / "recommendations" / args.images.rstrip("/").split("/")[-1])
+    files = rec.save(out)
+    print(f"written: {', '.join(str(f) for f in files)}")
+    return 0 if len(rec.table) else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ptmrec", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -76,6 +157,45 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--epochs", type=int, help="override train.epochs")
     t.add_argument("--device", help="override run.device")
     t.set_defaults(func=_cmd_train)
+
+    from .paths import REPO
+
+    h = sub.add_parser("shard", help="compute one shard of a shardable stage (a SLURM array task)")
+    h.add_argument("params", nargs="?")
+    h.add_argument("stage", nargs="?")
+    h.add_argument("--index", type=int, default=0, help="this shard, 0..count-1")
+    h.add_argument("--count", type=int, default=1, help="number of shards")
+    h.add_argument("--list", action="store_true", help="list the shardable stages")
+    h.set_defaults(func=_cmd_shard)
+
+    n = sub.add_parser("plan", help="the stages a submission runs: name, shardable, up to date (slurm/submit.sh)")
+    n.add_argument("params")
+    n.add_argument("--from", dest="start", metavar="STAGE")
+    n.add_argument("--only", nargs="+", metavar="STAGE")
+    n.add_argument("--until", metavar="STAGE", help="stop after this stage")
+    n.set_defaults(func=_cmd_plan)
+
+    o = sub.add_parser("report", help="HTML report of a run, and its notebooks ready for quarto render reports/")
+    o.add_argument("--run", required=True, metavar="DIR", help="run folder, e.g. runs/smoke")
+    o.add_argument("--reports", default=str(REPO / "reports"), metavar="DIR", help="the Quarto project")
+    o.add_argument("--no-quarto", action="store_true", help="only the HTML report")
+    o.set_defaults(func=_cmd_report)
+
+    e = sub.add_parser("thesis", help="copy a run's figures and tables into thesis/generated/ and build main.pdf")
+    e.add_argument("--run", required=True, metavar="DIR", help="run folder, e.g. runs/smoke")
+    e.add_argument("--thesis", default=str(REPO / "thesis"), metavar="DIR")
+    e.add_argument("--assets-only", action="store_true", help="only fill thesis/generated/ (no latexmk)")
+    e.set_defaults(func=_cmd_thesis)
+
+    m = sub.add_parser("recommend", help="rank a run's zoo for a folder of labelled images (one subfolder per class)")
+    m.add_argument("--run", required=True, metavar="DIR", help="a finished run folder, e.g. runs/default")
+    m.add_argument("--images", required=True, metavar="DIR", help="labelled images: one subfolder per class")
+    m.add_argument("--top", type=int, help="show only the best N models")
+    m.add_argument("--max-latency-ms", type=float, help="latency budget at batch 1, ms (hardware.latency_stat of the run, p50 by default; measured in stage 08)")
+    m.add_argument("--max-memory-mb", type=float, help="peak memory budget (measured in stage 08)")
+    m.add_argument("--device", default="cpu", help="device to encode on and whose profile applies (cpu, cuda)")
+    m.add_argument("--out", metavar="DIR", help="where ranking.csv/json go (default runs/recommendations/<images>)")
+    m.set_defaults(func=_cmd_recommend)
     return p
 
 

@@ -31,7 +31,7 @@ import numpy as np
 from torch.utils.data import Sampler
 
 from ptmrec.params import DataParams, TasksParams
-from ptmrec.paths import runs_root, write_npz, write_text
+from ptmrec.paths import cache_root, write_npz, write_text
 
 log = logging.getLogger(__name__)
 
@@ -160,7 +160,7 @@ def _resize_grey(grey: np.ndarray, size: int) -> np.ndarray:
 
 
 def _cache_dir(data: DataParams) -> Path:
-    return Path(data.cache_dir) if data.cache_dir else runs_root() / "_cache"
+    return Path(data.cache_dir) if data.cache_dir else cache_root()
 
 
 # ----------------------------------------------------------------------------- image files (folders, clip art)

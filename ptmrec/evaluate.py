@@ -105,6 +105,19 @@ def source_similarity(data: RankingData, zoo: pd.DataFrame, source_tokens: dict[
     return _tidy(pd.DataFrame(rows), "source_similarity", "all")
 
 
+def encoding_seconds(stage04: Path) -> dict[str, float]:
+    """Per task: seconds the encoder takes for its token sample, from stage 04's measured throughput.
+
+    (images in the task's sample, ``tokens_index.csv``) / (whole-extraction images per second,
+    ``metrics.json`` speed); this is the part of a ranker recommendation that grows with the data.
+    """
+    from .paths import read_json
+
+    ips = read_json(Path(stage04) / "metrics.json")["speed"]["extraction_images_per_s"]
+    index = pd.read_csv(Path(stage04) / "tokens_index.csv")
+    return dict(zip(index.task_id, index.n_images / ips))
+
+
 def baseline_predictions(scores: pd.DataFrame) -> pd.DataFrame:
     """Stage-05 scores as predictions; seconds per recommendation = forward passes + scorer calls over the zoo."""
     s = scores.assign(method=scores.scorer, fold="all")

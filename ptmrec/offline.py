@@ -4,26 +4,31 @@ Each loader returns the ``Pool`` of one role (``"source"`` or ``"target"``, disj
 Fashion-MNIST and MNIST and scikit-learn's digits (real scans), public-domain clip art,
 glyphs rendered from real fonts (fonts split by typeface between roles), and textures cropped
 from scikit-image's bundled photographs (each image split in halves between roles).
+The clip-art SVGs' titles, descriptions and keywords (``clipart_texts``) pair with the PNGs as real
+image-text pairs (``clipart_pairs``), on which the embedded image encoder is aligned (ptmrec.encoders).
 """
 from __future__ import annotations
 
 import functools
 import gzip
+import hashlib
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
-from .data import (FINGERPRINT_PX, ROLES, DataMissingError, Pool, _cache_dir, _files_pool, _grey_pool, _rng,
-                   _role_files, register_dataset)
+from .data import (FINGERPRINT_PX, ROLES, DataMissingError, Pool, _cache_dir, _decode_cached, _files_pool, _grey_pool,
+                   _is_source, _rng, _role_files, _scan_folder, register_dataset)
 from .params import DataParams
 
 log = logging.getLogger(__name__)
 
 FMNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 CLIPART_DIR = Path("/usr/share/openclipart/png")
+CLIPART_SVG_DIR = Path("/usr/share/openclipart/svg")  # the same pictures as SVG, with their text
 FONT_DIRS = (Path("/usr/share/fonts"), Path("/usr/share/texmf/fonts/opentype"))  # + matplotlib's bundled TTFs
 GENERATED_PER_CLASS = 300  # images per class of rendered datasets (glyphs, textures) when per_class is None
 MIN_FOLDER_CLASS = 12  # clip-art classes with fewer files in a role are dropped
@@ -142,6 +147,127 @@ def load_clipart_top(
 ) -> Pool:
     """Clip art, classes = the top-level category folders."""
     return _load_clipart("clipart-top", 1, role, size, per_class, seed, data or DataParams())
+
+
+# ----------------------------------------------------------------------------- clip-art text (image-text pairs)
+
+_SVG_WORK = re.compile(rb"<cc:Work\b.*?</cc:Work>", re.S)  # the RDF block describing the picture itself
+_SVG_AGENT = re.compile(rb"<cc:Agent\b.*?</cc:Agent>", re.S)  # creator / publisher / rights: names, not content
+_SVG_FIELD = {k: re.compile(rb"<dc:%s>(.*?)</dc:%s>" % (k.encode(), k.encode()), re.S)
+              for k in ("title", "description", "subject")}
+_SVG_LI = re.compile(rb"<rdf:li>(.*?)</rdf:li>", re.S)
+_JUNK_KEYWORDS = {"", "hash", "unsorted", "clip art", "clipart", "image", "svg", "png", "public domain", "openclipart"}
+_JUNK_TEXT = re.compile(r"HASH\(0x[0-9a-f]+\)|https?://\S+|\((mon|tue|wed|thu|fri|sat|sun)\b[^)]*\)", re.I)
+
+
+@dataclass(frozen=True)
+class ClipartText:
+    """The Dublin Core metadata an openclipart SVG carries: its title, description and keywords."""
+
+    title: str
+    description: str
+    keywords: tuple[str, ...]
+
+    def caption(self, max_words: int = 40) -> str:
+        """One line of text for the picture, e.g. ``"Bored dog; mammal, dog, animal"`` ("" when it has none).
+
+        Boilerplate (``HASH(0x...)`` descriptions, URLs, time stamps, the keywords "hash" and
+        "unsorted") is dropped; the description is cut at ``max_words`` words.
+        """
+        clean = [" ".join(_JUNK_TEXT.sub(" ", t).split()) for t in (self.title, self.description)]
+        clean[1] = " ".join(clean[1].split()[:max_words])
+        return "; ".join(t for t in (*clean, ", ".join(self.keywords)) if t)
+
+
+def _svg_text(raw: bytes) -> ClipartText:
+    """Title, description and keywords of one SVG's ``<cc:Work>`` metadata (empty fields when absent)."""
+    import html
+
+    work = _SVG_WORK.search(raw)
+    body = _SVG_AGENT.sub(b"", work.group(0)) if work else b""
+
+    def text(b: bytes) -> str:
+        return " ".join(html.unescape(b.decode("utf-8", "replace")).split())
+
+    found = {k: rx.search(body) for k, rx in _SVG_FIELD.items()}
+    title, desc = (text(found[k].group(1)) if found[k] else "" for k in ("title", "description"))
+    words = [text(w).lower().replace("_", " ") for w in _SVG_LI.findall(found["subject"].group(1))] if found["subject"] else []
+    keywords = tuple(dict.fromkeys(w for w in words if w not in _JUNK_KEYWORDS and not _JUNK_TEXT.search(w)))  # in order
+    return ClipartText(title, desc, keywords)
+
+
+@functools.lru_cache(maxsize=2)
+def clipart_texts(svg_dir: Path = CLIPART_SVG_DIR) -> dict[str, ClipartText]:
+    """Relative PNG path (as under CLIPART_DIR) -> the text of the SVG with the same path and stem.
+
+    Reads the ``<cc:Work>`` RDF block of every SVG (8,121 files, ~2 s); an unreadable SVG is logged
+    and left out. Needs the Debian package openclipart-svg.
+    """
+    if not svg_dir.is_dir():
+        raise DataMissingError(f"clip-art SVGs not found in {svg_dir}: install the Debian package openclipart-svg "
+                               "(apt-get install openclipart-svg)")
+    out = {}
+    for path in sorted(svg_dir.rglob("*.svg")):
+        try:
+            out[str(path.relative_to(svg_dir).with_suffix(".png"))] = _svg_text(path.read_bytes())
+        except OSError as e:
+            log.warning("skipping unreadable SVG %s: %s", path, e)
+    return out
+
+
+@dataclass
+class ClipartPairs:
+    """Real image-text pairs: clip-art PNGs and the captions of their SVGs."""
+
+    images: np.ndarray  # uint8 [N, S, S, 3]
+    texts: list[str]  # [N] captions (ClipartText.caption)
+    files: list[str]  # [N] PNG paths relative to CLIPART_DIR
+    skipped: list[tuple[str, str]]  # (file, reason): unreadable or too large PNGs
+
+
+def clipart_pairs(role: str, size: int, max_pairs: int | None = None, seed: int = 0,
+                  data: DataParams | None = None) -> ClipartPairs:
+    """Up to ``max_pairs`` (None: all) captioned clip-art pictures of ``role``, in a seeded random order.
+
+    The role of a picture is the one the clip-art pools give it (a hash of its pixels at
+    FINGERPRINT_PX, see ``ptmrec.data._role_files``), so pairs of the ``"source"`` role never show a
+    picture that a target task draws from. The same picture filed twice is kept once. Pictures
+    without a caption are left out; unreadable ones are skipped and listed.
+    """
+    if role not in ROLES:
+        raise ValueError(f"role must be one of {ROLES}, got {role!r}")
+    if not CLIPART_DIR.is_dir():
+        raise DataMissingError(f"clip art not found in {CLIPART_DIR}: install the Debian package openclipart-png")
+    texts = clipart_texts()
+    files = [(rel, sha) for rel, sha in _scan_folder(CLIPART_DIR) if rel in texts and texts[rel].caption()]
+    order = np.random.default_rng(seed).permutation(len(files))
+    cache = _cache_dir(data or DataParams()) / "openclipart-{}px.npz"  # the clip-art pools' decode caches
+    chosen: list[tuple[str, str]] = []
+    skipped: list[tuple[str, str]] = []
+    seen: set[str] = set()
+    step = len(files) if max_pairs is None else 2 * max_pairs + 64  # about half the files are of each role
+    for start in range(0, len(files), step):
+        chunk = [files[i] for i in order[start:start + step]]
+        small = _decode_cached([str(CLIPART_DIR / r) for r, _ in chunk], [s for _, s in chunk], FINGERPRINT_PX,
+                               Path(str(cache).format(FINGERPRINT_PX)))
+        for rel, sha in chunk:
+            img = small[sha]
+            if isinstance(img, str):
+                skipped.append((str(CLIPART_DIR / rel), img))
+                continue
+            fp = hashlib.sha1(img.tobytes()).hexdigest()
+            if fp not in seen and _is_source(fp) == (role == "source"):
+                chosen.append((rel, sha))
+            seen.add(fp)
+        if max_pairs is not None and len(chosen) >= max_pairs:
+            break
+    chosen = chosen[:max_pairs]
+    big = _decode_cached([str(CLIPART_DIR / r) for r, _ in chosen], [s for _, s in chosen], size,
+                         Path(str(cache).format(size)))
+    keep = [(rel, big[sha]) for rel, sha in chosen if not isinstance(big[sha], str)]
+    skipped += [(str(CLIPART_DIR / rel), big[sha]) for rel, sha in chosen if isinstance(big[sha], str)]
+    images = np.stack([img for _, img in keep]) if keep else np.zeros((0, size, size, 3), np.uint8)
+    return ClipartPairs(images, [texts[rel].caption() for rel, _ in keep], [rel for rel, _ in keep], sorted(skipped))
 
 
 # ----------------------------------------------------------------------------- glyphs from real fonts

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 import types
 import typing
 from dataclasses import asdict, dataclass, field
@@ -44,7 +45,7 @@ class DataParams:
     hf_image_key: str = "image"
     hf_label_key: str = "label"
     glyph_fonts: list[str] = field(default_factory=list)  # font files; empty = discovered on this machine
-    cache_dir: str = ""  # where decoded datasets are cached; "" = <runs>/_cache
+    cache_dir: str = ""  # where decoded datasets and built encoders are cached; "" = $PTMREC_CACHE or <runs>/_cache
 
 
 @dataclass
@@ -145,15 +146,30 @@ class EncoderParams:
     pretrained: str = ""  # open_clip pretrained tag, e.g. "laion2b_s34b_b79k" (clusters)
     checkpoint: str = ""  # a local open_clip checkpoint file, instead of a pretrained tag
     batch_size: int = 64
+    # The embedded encoder (name "embedded"): EfficientNet-Lite0 + MiniLM towers, projection heads aligned
+    # contrastively on clip-art image-text pairs (ptmrec.encoders), cached under <runs>/_cache/encoders/.
+    image_size: int = 64  # its input size (px); the default world's task images are 64 px
+    embed_dim: int = 256  # joint embedding size (the token dimension)
+    context_length: int = 64  # text tokens per caption
+    align_pairs: int = 0  # source-role clip-art pairs to align on; 0 = all (~3,400)
+    align_heldout: int = 300  # distinct captions held out (with all their pairs) for retrieval recall
+    align_steps: int = 500
+    align_batch: int = 256
+    align_lr: float = 1e-3
+    align_weight_decay: float = 0.1
+    align_px: int = 64  # clip art is decoded at this size (the clip-art pools' decode cache is shared)
+    align_flip: bool = True  # also align mirrored images (features cached for both)
+    align_seed: int = 0
 
 
 @dataclass
 class TokensParams:
     """Dataset tokens (stage 04): encoder embeddings of a class-balanced sample of each task."""
 
-    per_class: int = 16  # images per class in the sample
+    per_class: int = 16  # images per class in the sample (a class with fewer gives all it has, reported)
     kind: str = "images"  # images (one token per image) | prototypes (one token per class: the class mean)
     shard_size: int = 16  # tasks per NPZ shard
+    splits: list[str] = field(default_factory=lambda: ["train"])  # task splits the sample is drawn from
 
 
 @dataclass
@@ -196,6 +212,20 @@ class HardwareParams:
     """Hardware profiling (stage 08) and the budgets of named hardware profiles."""
 
     devices: list[str] = field(default_factory=lambda: ["cpu"])  # devices to profile; absent ones are an error
+    warmup: int = 10  # untimed calls before timing
+    repeats: int = 50  # timed batch-1 calls per round
+    rounds: int = 3  # timing rounds over the whole zoo (their spread is the latency CV)
+    batch_size: int = 32  # throughput batch
+    threads: int = 1  # torch threads while profiling (0 = torch's default); 1 repeats beside other work and gives CPU time
+    latency_stat: str = "p50"  # the latency budgets hold for: p50 | p95 (wall clock) | cpu_p50 (CPU time, 1 thread)
+    profiles: dict[str, dict[str, float | str]] = field(default_factory=lambda: {
+        # limits sit in gaps of the default zoo's range as stage 08 measures it, away from timing noise:
+        # edge keeps the 32-px scratch models (<= 0.73 MB, a few ms); mobile adds the fine-tuned Lite0s (15.5 MB),
+        # not the ImageNet Lites, whose 1000-class heads stay resident (>= 20.3 MB)
+        "edge-cpu": {"device": "cpu", "max_latency_ms": 10.0, "max_memory_mb": 1.0},
+        "mobile-cpu": {"device": "cpu", "max_latency_ms": 100.0, "max_memory_mb": 17.0},
+        "datacentre-gpu": {"device": "cuda", "max_latency_ms": 10.0, "max_memory_mb": 4096.0},
+    })  # named hardware profiles: device + budgets (a budget left out = no limit)
 
 
 @dataclass
@@ -294,6 +324,36 @@ def _check_values(P: Params, origin: str) -> None:
     for name in ("train_per_class", "test_per_class", "image_size"):
         if getattr(t, name) < 1:
             raise ParamsError(f"{origin}: tasks.{name} must be positive")
+    _check_hardware(P.hardware, origin)
+
+
+def _check_hardware(h: HardwareParams, origin: str) -> None:
+    for name in ("repeats", "rounds", "batch_size"):
+        if getattr(h, name) < 1:
+            raise ParamsError(f"{origin}: hardware.{name} must be positive, got {getattr(h, name)}")
+    for name in ("warmup", "threads"):
+        if getattr(h, name) < 0:
+            raise ParamsError(f"{origin}: hardware.{name} must be >= 0, got {getattr(h, name)}")
+    if h.latency_stat not in ("p50", "p95", "cpu_p50"):
+        raise ParamsError(f"{origin}: hardware.latency_stat must be p50, p95 or cpu_p50, got '{h.latency_stat}'")
+    if h.latency_stat == "cpu_p50" and h.threads != 1:
+        raise ParamsError(f"{origin}: hardware.latency_stat cpu_p50 needs hardware.threads 1 (CPU time of one thread)")
+    device = re.compile(r"^(cpu|mps|cuda(:\d+)?)$")
+    for d in h.devices:
+        if not device.match(d):
+            raise ParamsError(f"{origin}: hardware.devices has '{d}'; valid: cpu, cuda, cuda:<n>, mps")
+    valid = ("device", "max_latency_ms", "max_memory_mb")
+    for name, spec in h.profiles.items():
+        key = f"hardware.profiles.{name}"
+        for k, v in spec.items():
+            if k not in valid:
+                raise ParamsError(f"{origin}: unknown key '{key}.{k}'; valid keys here: {', '.join(valid)}")
+            if k == "device" and not (isinstance(v, str) and device.match(v)):
+                raise ParamsError(f"{origin}: '{key}.device' must be cpu, cuda, cuda:<n> or mps, got {v!r}")
+            if k != "device" and (isinstance(v, str) or v <= 0):
+                raise ParamsError(f"{origin}: '{key}.{k}' must be a positive number (ms / MB), got {v!r}")
+        if "device" not in spec:
+            raise ParamsError(f"{origin}: '{key}' needs a device (cpu, cuda, cuda:<n>, mps)")
 
 
 def from_dict(overrides: dict | None, name: str = "default", origin: str = "<dict>") -> Params:

@@ -5,7 +5,8 @@
         00_zoo_and_tasks/        zoo/<model_id>/{config.json, model.safetensors}, zoo/index.csv,
                                  tasks/index.csv, tasks/splits.npz, tasks/pools/<dataset>.npz
         01_groundtruth/          performance.csv, noise.csv, parts/
-        _cache/                  decoded datasets shared by stages
+    runs/_cache/                 decoded datasets and built encoders, shared by runs
+                                 ($PTMREC_CACHE overrides it, e.g. one cache for many runs folders)
 """
 from __future__ import annotations
 
@@ -21,6 +22,11 @@ REPO = Path(__file__).resolve().parent.parent
 
 def runs_root() -> Path:
     return Path(os.environ.get("PTMREC_RUNS", REPO / "runs"))
+
+
+def cache_root() -> Path:
+    """Where decoded datasets and built encoders are kept: $PTMREC_CACHE, else <runs>/_cache."""
+    return Path(os.environ["PTMREC_CACHE"]) if os.environ.get("PTMREC_CACHE") else runs_root() / "_cache"
 
 
 def run_dir(name: str) -> Path:

@@ -14,9 +14,10 @@ import random
 import shutil
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator
 
 from . import params as params_mod
 from .paths import REPO, read_json, run_dir, stage_dir, write_json, write_text
@@ -48,10 +49,49 @@ register_stage(Stage("01_groundtruth", ("run", "groundtruth"), ("groundtruth", "
 register_stage(Stage("02_model_vectors", ("run", "extract"), ("extract", "probes"), ("00_zoo_and_tasks", "01_groundtruth")))
 register_stage(Stage("03_autoencoder", ("run", "autoencoder", "train"), ("autoencoder", "train", "probes"),
                      ("02_model_vectors",)))
+register_stage(Stage("04_dataset_tokens", ("run", "encoder", "tokens"), ("encoders", "offline", "data", "world", "zoo"),
+                     ("00_zoo_and_tasks",)))
+register_stage(Stage("05_baselines", ("run", "baselines"), ("baselines", "transferability", "zoo", "nets", "data"),
+                     ("00_zoo_and_tasks",)))
+register_stage(Stage("06_ranker", ("run", "groundtruth", "ranker", "train"), ("ranker", "train"),
+                     ("01_groundtruth", "03_autoencoder", "04_dataset_tokens")))
+register_stage(Stage("07_evaluate", ("run", "groundtruth", "ranker", "train", "evaluate"),
+                     ("evaluate", "ranker", "train", "metrics"), ("05_baselines", "06_ranker")))
+register_stage(Stage("08_hardware", ("run", "groundtruth", "hardware"), ("hardware", "zoo", "nets"),
+                     ("00_zoo_and_tasks", "01_groundtruth", "07_evaluate")))
 
 
 def list_stages() -> list[str]:
     return list(STAGES)
+
+
+# A shardable stage does its expensive part model by model into a resumable work folder
+# (work_dir). ``ptmrec shard <params> <stage> --index i --count n`` computes the models of shard
+# i (every n-th model from the i-th), so n jobs of a SLURM array share the work; the stage's
+# notebook, run after them, finds every part done and only merges.
+SHARDERS: dict[str, Callable[[params_mod.Params, int, int], None]] = {}
+
+
+def register_sharder(stage: str) -> Callable:
+    """Decorator: register ``fn(P, index, count)`` that computes shard ``index`` of ``count`` of ``stage``."""
+
+    def deco(fn: Callable[[params_mod.Params, int, int], None]) -> Callable[[params_mod.Params, int, int], None]:
+        SHARDERS[stage] = fn
+        return fn
+
+    return deco
+
+
+def list_sharders() -> list[str]:
+    """The shardable stages, in stage order."""
+    return [n for n in STAGES if n in SHARDERS]
+
+
+def shard_rows(rows: Any, index: int, count: int) -> Any:
+    """Shard ``index`` of ``count`` of a table (or list): rows index, index + count, ... (big and small models mix)."""
+    if not 0 <= index < count:
+        raise ValueError(f"shard index {index} is not in 0..{count - 1}")
+    return rows.iloc[index::count] if hasattr(rows, "iloc") else rows[index::count]
 
 
 def _file_hash(path: Path) -> str:
@@ -126,15 +166,38 @@ def work_dir(P: params_mod.Params, name: str, sub: str) -> Path:
     d = stage_dir(P.name, name) / sub
     key = stage_key(P, name)
     marker = d / "_key.json"
-    try:
-        same = read_json(marker)["key"] == key
-    except (OSError, ValueError, KeyError):
-        same = False
-    if not same:
-        shutil.rmtree(d, ignore_errors=True)
-        d.mkdir(parents=True)
-        write_json(marker, {"key": key})
+    with _locked(d.parent / f".{sub}.lock"):  # shards of one stage may start at once (a SLURM array)
+        try:
+            same = read_json(marker)["key"] == key
+        except (OSError, ValueError, KeyError):
+            same = False
+        if not same:
+            shutil.rmtree(d, ignore_errors=True)
+            d.mkdir(parents=True)
+            write_json(marker, {"key": key})
     return d
+
+
+@contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """An exclusive POSIX lock on ``path`` for the block (fcntl.lockf: also on NFS / GPFS / most Lustre).
+
+    Where the file system refuses locks, the block runs unlocked: one process at a time still works.
+    """
+    import fcntl
+
+    with open(path, "a") as f:
+        try:
+            fcntl.lockf(f, fcntl.LOCK_EX)
+        except OSError as e:
+            print(f"[ptmrec] no file lock on {path} ({e}); concurrent shards may race", file=sys.stderr)
+        try:
+            yield
+        finally:
+            try:
+                fcntl.lockf(f, fcntl.LOCK_UN)
+            except OSError:
+                pass
 
 
 def finish_stage(P: params_mod.Params, name: str, metrics: dict[str, Any], started: float) -> Path:
@@ -193,4 +256,87 @@ def run(params_file: str | Path, force: bool = False, start: str | None = None,
                   f"{e.ename}: {e.evalue}", file=sys.stderr, flush=True)
             return 1
         print(f"[ptmrec] {name}: done in {time.time() - t0:.1f} s", flush=True)
+    _write_report(P)
     return 0
+
+
+def _write_report(P: params_mod.Params) -> None:
+    """The run's HTML report (ptmrec.report); a report that cannot be written is said, never fatal to the run."""
+    try:
+        from . import report
+
+        t0 = time.time()
+        index = report.write_html_report(run_dir(P.name))
+        print(f"[ptmrec] report: {index} ({time.time() - t0:.1f} s)", flush=True)
+    except Exception as e:  # noqa: BLE001 -- the stages are done and recorded; a report failure must not undo that
+        print(f"[ptmrec] report NOT written: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+
+
+def run_shard(params_file: str | Path, name: str, index: int, count: int) -> int:
+    """Compute shard ``index`` of ``count`` of a shardable stage (one SLURM array task); return an exit code."""
+    P = params_mod.load(params_file)
+    if name not in SHARDERS:
+        raise SystemExit(f"stage '{name}' cannot be sharded; shardable stages: {', '.join(list_sharders()) or 'none'}")
+    if is_fresh(P, name):
+        print(f"[ptmrec] {name}: up to date, shard {index}/{count} skipped", flush=True)
+        return 0
+    for dep in STAGES[name].depends:
+        if not is_fresh(P, dep):
+            raise RuntimeError(f"stage {name} needs stage {dep} of run '{P.name}', which is missing or out of "
+                               f"date in {run_dir(P.name) / dep}: run ./run_all.sh {P.source} --from {dep}")
+    seed_everything(P.run.seed)
+    if P.run.threads:
+        import torch
+
+        torch.set_num_threads(P.run.threads)
+    os.environ["PTMREC_PLAIN_PROGRESS"] = "1"
+    t0 = time.time()
+    print(f"[ptmrec] {name}: shard {index}/{count}", flush=True)
+    SHARDERS[name](P, index, count)
+    print(f"[ptmrec] {name}: shard {index}/{count} done in {time.time() - t0:.1f} s", flush=True)
+    return 0
+
+
+@register_sharder("01_groundtruth")
+def _groundtruth_shard(P: params_mod.Params, index: int, count: int) -> None:
+    """Ground truth of the shard's models into 01_groundtruth/parts/ (what notebook 01 then merges)."""
+    import pandas as pd
+
+    from . import groundtruth
+    from .data import load_tasks
+    from .progress import progress
+
+    world = run_dir(P.name) / "00_zoo_and_tasks"
+    pools, tasks = load_tasks(world / "tasks")
+    zoo = shard_rows(pd.read_csv(world / "zoo" / "index.csv"), index, count)
+    parts = work_dir(P, "01_groundtruth", "parts")
+    groundtruth.run_groundtruth(zoo, world / "zoo", pools, tasks, P.groundtruth, P.run.seed, parts, progress)
+
+
+@register_sharder("02_model_vectors")
+def _vectors_shard(P: params_mod.Params, index: int, count: int) -> None:
+    """Vectors of the shard's models by every extractor design into 02_model_vectors/parts/<design>/."""
+    import pandas as pd
+
+    from . import extract
+
+    zoo_dir = run_dir(P.name) / "00_zoo_and_tasks" / "zoo"
+    zoo = shard_rows(pd.read_csv(zoo_dir / "index.csv"), index, count)
+    extract.extract_parts(zoo, zoo_dir, P.extract.length, work_dir(P, "02_model_vectors", "parts"))
+
+
+@register_sharder("05_baselines")
+def _baselines_shard(P: params_mod.Params, index: int, count: int) -> None:
+    """Transferability scores of the shard's models into 05_baselines/parts/ (what notebook 05 then merges)."""
+    import pandas as pd
+
+    from . import baselines
+    from .data import load_tasks
+    from .progress import progress
+
+    world = run_dir(P.name) / "00_zoo_and_tasks"
+    pools, tasks = load_tasks(world / "tasks")
+    zoo = shard_rows(pd.read_csv(world / "zoo" / "index.csv"), index, count)
+    parts = work_dir(P, "05_baselines", "parts")
+    baselines.run_baselines(zoo, world / "zoo", pools, tasks, P.baselines.scorers, P.baselines.batch_size, parts,
+                            P.run.device, progress)

@@ -85,7 +85,7 @@ def _run_params(run: Path):
 
 
 def _hardware(run: Path, device: str, ranked: pd.DataFrame, max_latency_ms: float | None,
-              max_memory_mb: float | None) -> tuple[pd.DataFrame, pd.DataFrame, bool]:
+              max_memory_mb: float | None, latency: str) -> tuple[pd.DataFrame, pd.DataFrame, bool]:
     """(fits, nearest, profiled): joins the measured profile of ``device`` and applies the budget."""
     from . import hardware
 
@@ -96,7 +96,7 @@ def _hardware(run: Path, device: str, ranked: pd.DataFrame, max_latency_ms: floa
         if budget:
             raise RecommendError(f"a latency/memory budget needs measured profiles: {e}") from None
         return ranked, ranked.iloc[:0], False
-    fits, nearest = hardware.apply_budget(ranked, profile, max_latency_ms, max_memory_mb)
+    fits, nearest = hardware.apply_budget(ranked, profile, max_latency_ms, max_memory_mb, latency=latency)
     return fits, nearest, True
 
 
@@ -104,7 +104,7 @@ def recommend(run: str | Path, images: str | Path, top: int | None = None, max_l
               max_memory_mb: float | None = None, device: str = "cpu", seed: int = 0) -> Recommendation:
     """Rank the zoo of ``run`` for the labelled image folder ``images`` (see the module docstring)."""
     from . import encoders
-    from .paths import runs_root
+    from .data import _cache_dir
     from .ranker import load_ranker, model_token_table
 
     run, images = Path(run), Path(images)
@@ -116,7 +116,7 @@ def recommend(run: str | Path, images: str | Path, top: int | None = None, max_l
     P = _run_params(run)
     times = {}
     t0 = time.perf_counter()
-    encoder = encoders.build_encoder(P.encoder, device, runs_root() / "_cache")
+    encoder = encoders.build_encoder(P.encoder, device, _cache_dir(P.data))  # the run's cached encoder
     times["load_encoder"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     tokens, labels, classes, skipped = encoders.folder_tokens(images, encoder, P.tokens.per_class, P.tokens.kind, seed)
@@ -132,9 +132,10 @@ def recommend(run: str | Path, images: str | Path, top: int | None = None, max_l
     times["rank"] = time.perf_counter() - t0
     zoo = pd.read_csv(run / "00_zoo_and_tasks/zoo/index.csv").set_index("model_id")
     ranked = pd.DataFrame({"model_id": cfg["model_ids"], "score": scores}).sort_values("score", ascending=False)
-    cols = [c for c in ("family", "source_task", "num_params") if c in zoo.columns]
+    cols = [c for c in ("family", "source_task") if c in zoo.columns]
     ranked = ranked.join(zoo[cols], on="model_id").reset_index(drop=True)
-    fits, nearest, profiled = _hardware(run, device, ranked, max_latency_ms, max_memory_mb)
+    latency = f"latency_{P.hardware.latency_stat}_ms"  # the statistic budgets are held to (hardware.latency_stat)
+    fits, nearest, profiled = _hardware(run, device, ranked, max_latency_ms, max_memory_mb, latency)
     fits = fits.reset_index(drop=True)
     fits.insert(0, "rank", np.arange(1, len(fits) + 1))
     if top:

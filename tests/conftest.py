@@ -9,6 +9,18 @@ import pytest
 from ptmrec.paths import REPO
 
 
+def pytest_configure(config):
+    """One cache of decoded datasets and built encoders for every runs folder of the session.
+
+    The smoke runs of different tests (fixture, resume, nbval, SLURM) then decode the clip art
+    and align the embedded encoder once, not once per runs folder; what they compute is the same.
+    """
+    if not os.environ.get("PTMREC_CACHE"):
+        import tempfile
+
+        os.environ["PTMREC_CACHE"] = tempfile.mkdtemp(prefix="ptmrec-test-cache-")
+
+
 def run_pipeline(runs: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
     """./run_all.sh with PTMREC_RUNS=runs; output captured."""
     env = {**os.environ, "PTMREC_RUNS": str(runs)}

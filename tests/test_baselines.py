@@ -60,7 +60,7 @@ def test_run_baselines_resumes_from_parts_and_rejects_unknown_scorers(tmp_path):
                                  forward_seconds=0.2, n=10, dim=4, classes=2, error="")])
     planted.to_csv(tmp_path / "done.csv", index=False)
     out = baselines.run_baselines(zoo, tmp_path, {}, [], ["logme"], 8, tmp_path)  # loads nothing: part exists
-    assert out.score.tolist() == [1.5] and out.error.fillna("").tolist() == [""]
+    assert out.score.tolist() == [1.5] and out.error.tolist() == [""]
     with pytest.raises(ValueError, match="unknown \\['lgome'\\]"):
         baselines.run_baselines(zoo, tmp_path, {}, [], ["lgome"], 8, tmp_path)
 

@@ -89,7 +89,7 @@ def test_unknown_settings_fail_clearly():
 def test_learns_a_synthetic_ranking_on_held_out_tasks(arch, tmp_path):
     data = synthetic()
     rp = RankerParams(architecture=arch, d_model=32, heads=4, layers=1, dropout=0.0)
-    tp = TrainParams(epochs=150, batch_size=8, lr=3e-3, early_stopping_patience=30)
+    tp = TrainParams(epochs=40, batch_size=8, lr=1e-2, early_stopping_patience=30)
     train, test = data.task_ids[:18], data.task_ids[18:]
     model, trainer = R.fit_ranker(data, train, rp, tp, seed=0, out_dir=tmp_path)
     pred = R.predict(model, data, test)
@@ -106,7 +106,7 @@ def test_unseen_models_are_ranked_from_their_tokens():
     data = synthetic(n_models=16)
     held = np.arange(12, 16)
     rp = RankerParams(d_model=32, heads=4, layers=1, dropout=0.0)
-    tp = TrainParams(epochs=150, batch_size=8, lr=3e-3, early_stopping_patience=30)
+    tp = TrainParams(epochs=40, batch_size=8, lr=1e-2, early_stopping_patience=30)
     model, _ = R.fit_ranker(data, data.task_ids[:18], rp, tp, models=np.arange(12), seed=0)
     pred = R.predict(model, data, data.task_ids[18:], held)
     assert set(pred.model_id) == {f"m{j}" for j in held}

