@@ -159,14 +159,12 @@ def ranker_params(rp: RankerParams, ablation: str) -> RankerParams:
     return dataclasses.replace(rp, **ABLATIONS[ablation])
 
 
-def latex_table(summary: pd.DataFrame, path: Path, caption: str, label: str) -> None:
-    """A booktabs LaTeX table of ``summary`` (methods x metrics), written atomically."""
+def write_latex_table(summary: pd.DataFrame, path: Path) -> None:
+    """The headline columns of ``summary`` (methods x metrics) as a booktabs tabular for the thesis."""
     from .paths import write_text
+    from .report import latex_table
 
     cols = [c for c in ("weighted_tau", "weighted_tau_gt", "kendall", "spearman", "top1_regret") if c in summary]
     cols += [c for c in summary.columns if c.startswith(("top", "ndcg")) and c not in cols]
     cols += [c for c in ("seconds",) if c in summary]
-    body = summary[cols].rename(columns=lambda c: c.replace("_", r"\_").replace("@", "@"))
-    body.index = [str(i).replace("_", r"\_") for i in body.index]
-    tex = body.to_latex(float_format="%.3f", caption=caption, label=label, position="t")
-    write_text(path, tex.replace("\\begin{table}[t]", "\\begin{table}[t]\n\\centering\\small"))
+    write_text(path, latex_table(summary[cols].reset_index().rename(columns={"index": "method"})))

@@ -202,7 +202,7 @@ class RankerParams:
 class EvaluateParams:
     """Evaluation (stage 07): leave-datasets-out and leave-models-out, every method on the same tasks."""
 
-    model_folds: int = 5  # leave-models-out folds
+    model_folds: int = 3  # leave-models-out folds (each holds out a third of the zoo)
     top_k: int = 3  # for top-k hit rate and nDCG@k
     ablations: list[str] = field(default_factory=lambda: ["no_model_tokens", "no_dataset_tokens", "raw_vectors"])
 

@@ -56,7 +56,7 @@ register_stage(Stage("05_baselines", ("run", "baselines"), ("baselines", "transf
 register_stage(Stage("06_ranker", ("run", "groundtruth", "ranker", "train"), ("ranker", "train"),
                      ("01_groundtruth", "03_autoencoder", "04_dataset_tokens")))
 register_stage(Stage("07_evaluate", ("run", "groundtruth", "ranker", "train", "evaluate"),
-                     ("evaluate", "ranker", "train", "metrics"), ("05_baselines", "06_ranker")))
+                     ("evaluate", "ranker", "train", "metrics", "report"), ("05_baselines", "06_ranker")))
 register_stage(Stage("08_hardware", ("run", "groundtruth", "hardware"), ("hardware", "zoo", "nets"),
                      ("00_zoo_and_tasks", "01_groundtruth", "07_evaluate")))
 
@@ -297,18 +297,24 @@ def run_shard(params_file: str | Path, name: str, index: int, count: int) -> int
     return 0
 
 
-@register_sharder("01_groundtruth")
-def _groundtruth_shard(P: params_mod.Params, index: int, count: int) -> None:
-    """Ground truth of the shard's models into 01_groundtruth/parts/ (what notebook 01 then merges)."""
+def _shard_world(P: params_mod.Params, index: int, count: int) -> tuple[Path, dict, list, Any]:
+    """(stage-00 folder, pools, tasks, the shard's rows of the zoo index): what a per-model sharder reads."""
     import pandas as pd
 
-    from . import groundtruth
     from .data import load_tasks
-    from .progress import progress
 
     world = run_dir(P.name) / "00_zoo_and_tasks"
     pools, tasks = load_tasks(world / "tasks")
-    zoo = shard_rows(pd.read_csv(world / "zoo" / "index.csv"), index, count)
+    return world, pools, tasks, shard_rows(pd.read_csv(world / "zoo" / "index.csv"), index, count)
+
+
+@register_sharder("01_groundtruth")
+def _groundtruth_shard(P: params_mod.Params, index: int, count: int) -> None:
+    """Ground truth of the shard's models into 01_groundtruth/parts/ (what notebook 01 then merges)."""
+    from . import groundtruth
+    from .progress import progress
+
+    world, pools, tasks, zoo = _shard_world(P, index, count)
     parts = work_dir(P, "01_groundtruth", "parts")
     groundtruth.run_groundtruth(zoo, world / "zoo", pools, tasks, P.groundtruth, P.run.seed, parts, progress)
 
@@ -328,15 +334,10 @@ def _vectors_shard(P: params_mod.Params, index: int, count: int) -> None:
 @register_sharder("05_baselines")
 def _baselines_shard(P: params_mod.Params, index: int, count: int) -> None:
     """Transferability scores of the shard's models into 05_baselines/parts/ (what notebook 05 then merges)."""
-    import pandas as pd
-
     from . import baselines
-    from .data import load_tasks
     from .progress import progress
 
-    world = run_dir(P.name) / "00_zoo_and_tasks"
-    pools, tasks = load_tasks(world / "tasks")
-    zoo = shard_rows(pd.read_csv(world / "zoo" / "index.csv"), index, count)
+    world, pools, tasks, zoo = _shard_world(P, index, count)
     parts = work_dir(P, "05_baselines", "parts")
     baselines.run_baselines(zoo, world / "zoo", pools, tasks, P.baselines.scorers, P.baselines.batch_size, parts,
                             P.run.device, progress)
