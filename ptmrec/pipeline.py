@@ -133,13 +133,8 @@ def is_fresh(P: params_mod.Params, name: str) -> bool:
     return key is not None and recorded_key(P, name) == key
 
 
-def start_stage(params_file: str | Path, name: str, force: bool = False) -> tuple[params_mod.Params, Path]:
-    """First cell of every stage notebook: load + validate params, seed, record them.
-
-    Returns the params and the stage's output folder. Raises if a dependency is not done.
-    ``force`` empties the stage folder first, so nothing is resumed from an earlier run.
-    """
-    P = params_mod.load(params_file)
+def _ready(P: params_mod.Params, name: str) -> None:
+    """Raise unless every dependency of ``name`` is done; then seed and set torch's threads."""
     for dep in STAGES[name].depends:
         if not is_fresh(P, dep):
             raise RuntimeError(f"stage {name} needs stage {dep} of run '{P.name}', which is missing or out of "
@@ -149,6 +144,16 @@ def start_stage(params_file: str | Path, name: str, force: bool = False) -> tupl
         import torch
 
         torch.set_num_threads(P.run.threads)
+
+
+def start_stage(params_file: str | Path, name: str, force: bool = False) -> tuple[params_mod.Params, Path]:
+    """First cell of every stage notebook: load + validate params, seed, record them.
+
+    Returns the params and the stage's output folder. Raises if a dependency is not done.
+    ``force`` empties the stage folder first, so nothing is resumed from an earlier run.
+    """
+    P = params_mod.load(params_file)
+    _ready(P, name)
     out = stage_dir(P.name, name)
     if force:
         shutil.rmtree(out)
@@ -280,15 +285,7 @@ def run_shard(params_file: str | Path, name: str, index: int, count: int) -> int
     if is_fresh(P, name):
         print(f"[ptmrec] {name}: up to date, shard {index}/{count} skipped", flush=True)
         return 0
-    for dep in STAGES[name].depends:
-        if not is_fresh(P, dep):
-            raise RuntimeError(f"stage {name} needs stage {dep} of run '{P.name}', which is missing or out of "
-                               f"date in {run_dir(P.name) / dep}: run ./run_all.sh {P.source} --from {dep}")
-    seed_everything(P.run.seed)
-    if P.run.threads:
-        import torch
-
-        torch.set_num_threads(P.run.threads)
+    _ready(P, name)
     os.environ["PTMREC_PLAIN_PROGRESS"] = "1"
     t0 = time.time()
     print(f"[ptmrec] {name}: shard {index}/{count}", flush=True)
