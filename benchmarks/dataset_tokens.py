@@ -5,7 +5,7 @@
     .venv/bin/python benchmarks/dataset_tokens.py --tasks runs/default/00_zoo_and_tasks/tasks
 
 Needs the tasks of stage 00 (``<runs>/<set>/00_zoo_and_tasks/tasks`` unless ``--tasks`` names a folder);
-builds or reuses the set's encoder in the runs cache. For each thread count, ``encoders.token_speed``:
+builds or reuses the set's encoder in the runs cache. For each thread count, ``tokens.token_speed``:
 the whole extraction (domain, sampling, preprocessing, forward, normalisation, writing shards) and the
 encoder's forward pass alone over the same preprocessed batches, interleaved ``--repeats`` times, medians.
 Target: extraction / forward >= 0.8. The machine's load average is recorded beside: the figures are only
@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     import torch
 
-    from ptmrec import encoders, params
+    from ptmrec import encoders, params, tokens
     from ptmrec.data import load_tasks
     from ptmrec.paths import run_dir
 
@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> dict:
     for threads in args.threads or [torch.get_num_threads()]:
         torch.set_num_threads(threads)
         load = os.getloadavg()
-        speed = encoders.token_speed(pools, tasks, encoder, P.tokens, P.run.seed, repeats=args.repeats)
+        speed = tokens.token_speed(pools, tasks, encoder, P.tokens, P.run.seed, repeats=args.repeats)
         runs.append({**speed, "loadavg_before": [round(x, 2) for x in load],
                      "loadavg_after": [round(x, 2) for x in os.getloadavg()]})
         print(f"{threads} thread(s): extraction {speed['extraction_images_per_s']} img/s, forward "

@@ -85,6 +85,27 @@ def popularity(data: RankingData, folds: list[tuple[str, list[str], list[str]]])
     return pd.DataFrame(rows)
 
 
+def ranking_agreement(data: RankingData, folds: list[tuple[str, list[str], list[str]]]) -> pd.DataFrame:
+    """How much a held-out task's true ranking agrees with rankings measured on other tasks.
+
+    Per test task of each fold (weighted tau between true accuracy vectors [N_models]):
+    ``mean_training`` over the fold's training tasks, ``best_training`` the best of them chosen
+    in hindsight (a ceiling for any method that copies one seen ranking), ``mean_sibling`` over
+    the other tasks cut from the same held-out dataset (what within-dataset learning could reach).
+    """
+    from .metrics import weighted_tau
+
+    rows = []
+    for d, train, test in folds:
+        for t in test:
+            truth = data.accuracy_of(t)
+            taus = [weighted_tau(truth, data.accuracy_of(u)) for u in train]
+            sib = [weighted_tau(truth, data.accuracy_of(u)) for u in test if u != t]
+            rows.append(dict(dataset=d, task_id=t, mean_training=float(np.mean(taus)), best_training=float(np.max(taus)),
+                             mean_sibling=float(np.mean(sib)) if sib else np.nan))
+    return pd.DataFrame(rows)
+
+
 def source_similarity(data: RankingData, zoo: pd.DataFrame, source_tokens: dict[str, np.ndarray]) -> pd.DataFrame:
     """Cosine similarity of the target's mean dataset token and the mean token of each model's source task.
 

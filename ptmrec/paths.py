@@ -24,9 +24,14 @@ def runs_root() -> Path:
     return Path(os.environ.get("PTMREC_RUNS", REPO / "runs"))
 
 
-def cache_root() -> Path:
-    """Where decoded datasets and built encoders are kept: $PTMREC_CACHE, else <runs>/_cache."""
-    return Path(os.environ["PTMREC_CACHE"]) if os.environ.get("PTMREC_CACHE") else runs_root() / "_cache"
+def cache_root(runs: Path | None = None) -> Path:
+    """Where decoded datasets and built encoders are kept: $PTMREC_CACHE, else <runs>/_cache.
+
+    ``runs`` is the runs folder (default runs_root()); a run read from elsewhere passes its parent.
+    """
+    if os.environ.get("PTMREC_CACHE"):
+        return Path(os.environ["PTMREC_CACHE"])
+    return Path(runs if runs is not None else runs_root()) / "_cache"
 
 
 def run_dir(name: str) -> Path:

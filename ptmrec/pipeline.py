@@ -49,7 +49,7 @@ register_stage(Stage("01_groundtruth", ("run", "groundtruth"), ("groundtruth", "
 register_stage(Stage("02_model_vectors", ("run", "extract"), ("extract", "probes"), ("00_zoo_and_tasks", "01_groundtruth")))
 register_stage(Stage("03_autoencoder", ("run", "autoencoder", "train"), ("autoencoder", "train", "probes"),
                      ("02_model_vectors",)))
-register_stage(Stage("04_dataset_tokens", ("run", "encoder", "tokens"), ("encoders", "offline", "data", "world", "zoo"),
+register_stage(Stage("04_dataset_tokens", ("run", "encoder", "tokens"), ("encoders", "tokens", "offline", "data", "world", "zoo"),
                      ("00_zoo_and_tasks",)))
 register_stage(Stage("05_baselines", ("run", "baselines"), ("baselines", "transferability", "zoo", "nets", "data"),
                      ("00_zoo_and_tasks",)))
@@ -57,7 +57,7 @@ register_stage(Stage("06_ranker", ("run", "groundtruth", "ranker", "train"), ("r
                      ("01_groundtruth", "03_autoencoder", "04_dataset_tokens")))
 register_stage(Stage("07_evaluate", ("run", "groundtruth", "ranker", "train", "evaluate"),
                      ("evaluate", "ranker", "train", "metrics", "report"), ("05_baselines", "06_ranker")))
-register_stage(Stage("08_hardware", ("run", "groundtruth", "hardware"), ("hardware", "zoo", "nets"),
+register_stage(Stage("08_hardware", ("run", "groundtruth", "hardware"), ("hardware", "budgets", "zoo", "nets"),
                      ("00_zoo_and_tasks", "01_groundtruth", "07_evaluate")))
 
 

@@ -76,7 +76,7 @@ def model_token_table(run: Path, kind: str) -> tuple[list[str], np.ndarray]:
 
 def load_ranking_data(run: Path, target_method: str, seed: int, model_tokens: str = "autoencoder") -> RankingData:
     """Read stages 00-04 of ``run`` into a RankingData (models with tokens and ground truth only)."""
-    from .encoders import load_dataset_tokens
+    from .tokens import load_dataset_tokens
 
     run = Path(run)
     ids, tokens = model_token_table(run, model_tokens)

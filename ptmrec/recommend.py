@@ -87,7 +87,7 @@ def _run_params(run: Path):
 def _hardware(run: Path, device: str, ranked: pd.DataFrame, max_latency_ms: float | None,
               max_memory_mb: float | None, latency: str) -> tuple[pd.DataFrame, pd.DataFrame, bool]:
     """(fits, nearest, profiled): joins the measured profile of ``device`` and applies the budget."""
-    from . import hardware
+    from . import budgets, hardware
 
     budget = max_latency_ms is not None or max_memory_mb is not None
     try:
@@ -96,7 +96,7 @@ def _hardware(run: Path, device: str, ranked: pd.DataFrame, max_latency_ms: floa
         if budget:
             raise RecommendError(f"a latency/memory budget needs measured profiles: {e}") from None
         return ranked, ranked.iloc[:0], False
-    fits, nearest = hardware.apply_budget(ranked, profile, max_latency_ms, max_memory_mb, latency=latency)
+    fits, nearest = budgets.apply_budget(ranked, profile, max_latency_ms, max_memory_mb, latency=latency)
     return fits, nearest, True
 
 
@@ -104,8 +104,9 @@ def recommend(run: str | Path, images: str | Path, top: int | None = None, max_l
               max_memory_mb: float | None = None, device: str = "cpu", seed: int = 0) -> Recommendation:
     """Rank the zoo of ``run`` for the labelled image folder ``images`` (see the module docstring)."""
     from . import encoders
-    from .data import _cache_dir
+    from .paths import cache_root
     from .ranker import load_ranker, model_token_table
+    from .tokens import folder_tokens
 
     run, images = Path(run), Path(images)
     cfg = check_run(run)
@@ -116,10 +117,12 @@ def recommend(run: str | Path, images: str | Path, top: int | None = None, max_l
     P = _run_params(run)
     times = {}
     t0 = time.perf_counter()
-    encoder = encoders.build_encoder(P.encoder, device, _cache_dir(P.data))  # the run's cached encoder
+    # the run's cached encoder: its runs folder's cache, wherever the run folder lies
+    cache = Path(P.data.cache_dir) if P.data.cache_dir else cache_root(run.resolve().parent)
+    encoder = encoders.build_encoder(P.encoder, device, cache)
     times["load_encoder"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    tokens, labels, classes, skipped = encoders.folder_tokens(images, encoder, P.tokens.per_class, P.tokens.kind, seed)
+    tokens, labels, classes, skipped = folder_tokens(images, encoder, P.tokens.per_class, P.tokens.kind, seed)
     times["dataset_tokens"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     model, _ = load_ranker(run / "06_ranker" / "ranker")

@@ -23,5 +23,11 @@ elif [[ -n ${PTMREC_VENV:-} && -x $PTMREC_VENV/bin/python ]]; then
 else
   PY=python3
 fi
-if [[ -n ${PTMREC_THREADS:-} ]]; then export OMP_NUM_THREADS=$PTMREC_THREADS; fi
+# One thread per CPU the job was given: torch otherwise starts one per core of the node, and jobs
+# sharing a node oversubscribe it (two 2-thread array tasks on 2 cores ran 4x slower than one).
+if [[ -n ${PTMREC_THREADS:-} ]]; then
+  export OMP_NUM_THREADS=$PTMREC_THREADS
+elif [[ -n ${SLURM_CPUS_PER_TASK:-} ]]; then
+  export OMP_NUM_THREADS=$SLURM_CPUS_PER_TASK
+fi
 export PTMREC_CLUSTER PTMREC_PLAIN_PROGRESS=1

@@ -1,5 +1,6 @@
 """Shared fixtures: the smoke pipeline, run once per test session into a temporary runs folder."""
 import os
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -38,3 +39,9 @@ def smoke_runs(tmp_path_factory) -> Path:
     run_pipeline(runs, "params/smoke.yaml")
     (runs / "smoke_seconds.txt").write_text(f"{time.time() - t0:.1f}\n")
     return runs
+
+
+def copy_stages(local: Path, runs: Path, *stages: str) -> None:
+    """Copy finished stage folders of the local smoke run (``runs/smoke``) into ``runs/smoke``: up to date there."""
+    for s in stages:
+        shutil.copytree(local / s, runs / "smoke" / s)

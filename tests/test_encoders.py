@@ -1,4 +1,4 @@
-"""ptmrec.encoders: open_clip encoders, the embedded CLIP-like model's towers, dataset tokens, similarity.
+"""ptmrec.encoders and ptmrec.tokens: open_clip encoders, the embedded CLIP-like model's towers, dataset tokens, similarity.
 
 Most tests use a tiny open_clip config with random weights, so the real open_clip code path runs in seconds.
 """
@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 
 from ptmrec import encoders as E
+from ptmrec import tokens as TK
 from ptmrec import offline as O
 from ptmrec.data import Pool, Task
 from ptmrec.params import EncoderParams, TokensParams
@@ -179,61 +180,61 @@ def test_class_text_spells_names_out():
 def test_tokens_per_image_and_prototypes_round_trip(tiny, tmp_path):
     enc, _ = tiny
     pools, tasks = synthetic()
-    index, short = E.extract_dataset_tokens(pools, tasks, enc, TokensParams(per_class=4, shard_size=1), tmp_path / "img")
+    index, short = TK.extract_dataset_tokens(pools, tasks, enc, TokensParams(per_class=4, shard_size=1), tmp_path / "img")
     assert list(index.n_tokens) == [12, 8] and len(short) == 0
     assert sorted(p.name for p in (tmp_path / "img").glob("tokens-*.npz")) == ["tokens-000.npz", "tokens-001.npz"]
-    ds = E.DatasetTokenDataset(tmp_path / "img")
+    ds = TK.DatasetTokenDataset(tmp_path / "img")
     assert len(ds) == 2 and ds[0]["task_id"] == "synth-plain-a"
     assert ds[0]["tokens"].dtype == torch.float32 and ds[0]["tokens"].shape == (12, 16)
     assert ds[0]["labels"].dtype == torch.int64 and ds[0]["labels"].tolist() == [0] * 4 + [1] * 4 + [2] * 4
-    assert E.DatasetTokenDataset(tmp_path / "img", ["synth-inverted-b"])[0]["tokens"].shape == (8, 16)
+    assert TK.DatasetTokenDataset(tmp_path / "img", ["synth-inverted-b"])[0]["tokens"].shape == (8, 16)
     with pytest.raises(KeyError, match="no-such-task"):
-        E.DatasetTokenDataset(tmp_path / "img", ["no-such-task"])
-    shards = E.read_token_shards(tmp_path / "img")
+        TK.DatasetTokenDataset(tmp_path / "img", ["no-such-task"])
+    shards = TK.read_token_shards(tmp_path / "img")
     assert set(shards["synth-plain-a"]["splits"]) == {"train"}
 
-    E.extract_dataset_tokens(pools, tasks, enc, TokensParams(per_class=4, kind="prototypes"), tmp_path / "proto")
-    proto = E.DatasetTokenDataset(tmp_path / "proto")[0]
+    TK.extract_dataset_tokens(pools, tasks, enc, TokensParams(per_class=4, kind="prototypes"), tmp_path / "proto")
+    proto = TK.DatasetTokenDataset(tmp_path / "proto")[0]
     assert proto["tokens"].shape == (3, 16) and proto["labels"].tolist() == [0, 1, 2]
     np.testing.assert_allclose(proto["tokens"].norm(dim=1).numpy(), 1, atol=1e-5)
     # a prototype is the normalised mean of its class's image tokens
     m = ds[0]["tokens"][:4].mean(0)
     np.testing.assert_allclose(proto["tokens"][0].numpy(), (m / m.norm()).numpy(), atol=1e-5)
     with pytest.raises(ValueError, match="tokens.kind"):
-        E.extract_dataset_tokens(pools, tasks, enc, TokensParams(kind="mean"), tmp_path / "bad")
+        TK.extract_dataset_tokens(pools, tasks, enc, TokensParams(kind="mean"), tmp_path / "bad")
 
 
 def test_class_with_fewer_images_is_taken_whole_and_reported(tiny, tmp_path):
     enc, _ = tiny
     pools, tasks = synthetic(short={1: 2})
-    index, short = E.extract_dataset_tokens(pools, tasks[:1], enc, TokensParams(per_class=4), tmp_path)
+    index, short = TK.extract_dataset_tokens(pools, tasks[:1], enc, TokensParams(per_class=4), tmp_path)
     assert index.n_tokens.tolist() == [10] and index.short_classes.tolist() == [1]
     assert short.to_dict(orient="records") == [dict(task_id="synth-plain-a", cls="class1", have=2, wanted=4)]
-    assert np.bincount(E.read_token_shards(tmp_path)["synth-plain-a"]["labels"]).tolist() == [4, 2, 4]
+    assert np.bincount(TK.read_token_shards(tmp_path)["synth-plain-a"]["labels"]).tolist() == [4, 2, 4]
 
 
 def test_shards_rewrite_and_bad_shards_are_named(tiny, tmp_path):
     enc, _ = tiny
     pools, tasks = synthetic()
-    E.extract_dataset_tokens(pools, tasks, enc, TokensParams(per_class=3, shard_size=1), tmp_path)
-    first = E.load_dataset_tokens(tmp_path)
-    E.extract_dataset_tokens(pools, tasks, enc, TokensParams(per_class=3, shard_size=8), tmp_path)
+    TK.extract_dataset_tokens(pools, tasks, enc, TokensParams(per_class=3, shard_size=1), tmp_path)
+    first = TK.load_dataset_tokens(tmp_path)
+    TK.extract_dataset_tokens(pools, tasks, enc, TokensParams(per_class=3, shard_size=8), tmp_path)
     assert [p.name for p in tmp_path.glob("tokens-*.npz")] == ["tokens-000.npz"]  # the stale shard is gone
-    again = E.load_dataset_tokens(tmp_path)
+    again = TK.load_dataset_tokens(tmp_path)
     assert list(again) == list(first)
     for k in first:
         np.testing.assert_allclose(again[k], first[k], atol=1e-6)
     (tmp_path / "tokens-001.npz").write_bytes(b"not an npz")
     with pytest.raises(ValueError, match="tokens-001.npz"):
-        E.load_dataset_tokens(tmp_path)
+        TK.load_dataset_tokens(tmp_path)
     (tmp_path / "tokens-001.npz").unlink()
     import shutil
 
     shutil.copy(tmp_path / "tokens-000.npz", tmp_path / "tokens-002.npz")
     with pytest.raises(ValueError, match="also in an earlier shard"):
-        E.load_dataset_tokens(tmp_path)
+        TK.load_dataset_tokens(tmp_path)
     with pytest.raises(FileNotFoundError, match="run stage 04"):
-        E.load_dataset_tokens(tmp_path / "empty")
+        TK.load_dataset_tokens(tmp_path / "empty")
 
 
 def _png(path: Path, mode: str, size: int = 20, seed: int = 0) -> None:
@@ -249,60 +250,60 @@ def test_folder_tokens_skip_unreadable_and_mix_modes(tiny, tmp_path):
     (tmp_path / "cats" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
     _png(tmp_path / "dogs" / "a.png", "L", seed=7)
     _png(tmp_path / "dogs" / "b.png", "RGBA", seed=8)
-    tokens, labels, classes, skipped = E.folder_tokens(tmp_path, enc, per_class=4, kind="images", seed=0)
+    tokens, labels, classes, skipped = TK.folder_tokens(tmp_path, enc, per_class=4, kind="images", seed=0)
     assert classes == ["cats", "dogs"]
     assert tokens.shape == (6, 16) and np.bincount(labels).tolist() == [4, 2]  # dogs has fewer: all taken
     np.testing.assert_allclose(np.linalg.norm(tokens, axis=1), 1, atol=1e-5)
     assert any(Path(f).name == "broken.png" for f, _ in skipped)
-    protos, plabels, _, _ = E.folder_tokens(tmp_path, enc, per_class=4, kind="prototypes", seed=0)
+    protos, plabels, _, _ = TK.folder_tokens(tmp_path, enc, per_class=4, kind="prototypes", seed=0)
     assert protos.shape == (2, 16) and plabels.tolist() == [0, 1]
 
 
 def test_folder_tokens_errors_name_the_folder(tiny, tmp_path):
     enc, _ = tiny
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        E.folder_tokens(tmp_path / "nowhere", enc, 4)
+        TK.folder_tokens(tmp_path / "nowhere", enc, 4)
     (tmp_path / "flat").mkdir()
     _png(tmp_path / "flat" / "x.png", "RGB")
     with pytest.raises(ValueError, match=r"flat has no class subfolders"):
-        E.folder_tokens(tmp_path / "flat", enc, 4)
+        TK.folder_tokens(tmp_path / "flat", enc, 4)
     _png(tmp_path / "one" / "cats" / "x.png", "RGB")
     with pytest.raises(ValueError, match=r"one has one class only \(cats\)"):
-        E.folder_tokens(tmp_path / "one", enc, 4)
+        TK.folder_tokens(tmp_path / "one", enc, 4)
     _png(tmp_path / "two" / "cats" / "x.png", "RGB")
     (tmp_path / "two" / "dogs").mkdir(parents=True)
     (tmp_path / "two" / "dogs" / "bad.jpg").write_bytes(b"no image")
     with pytest.raises(ValueError, match=r"two: class folder\(s\) dogs hold no readable image .*bad.jpg"):
-        E.folder_tokens(tmp_path / "two", enc, 4)
+        TK.folder_tokens(tmp_path / "two", enc, 4)
 
 
 def test_similarity_is_symmetric_with_unit_diagonal():
     rng = np.random.default_rng(0)
     toks = {f"t{i}": rng.normal(i % 2, 1, (5 + i, 8)).astype(np.float32) for i in range(5)}
     for center in (True, False):
-        sim = E.dataset_similarity(toks, center=center)
+        sim = TK.dataset_similarity(toks, center=center)
         assert list(sim.index) == list(sim.columns) == list(toks)
         np.testing.assert_allclose(sim.values, sim.values.T, atol=1e-12)
         np.testing.assert_allclose(np.diag(sim.values), 1.0)
         assert (sim.values <= 1).all() and (sim.values >= -1).all()
-    sim = E.dataset_similarity(toks)
+    sim = TK.dataset_similarity(toks)
     assert sim.loc["t0", "t2"] > sim.loc["t0", "t1"]  # tasks drawn alike are more similar
 
 
 def test_source_tokens_from_images_and_imagenet_names(tiny, tmp_path):
     enc, _ = tiny
     pools, _ = synthetic()
-    rows = E.extract_source_tokens(pools, ["synth", "imagenet", "elsewhere"], enc, TokensParams(per_class=4), tmp_path)
+    rows = TK.extract_source_tokens(pools, ["synth", "imagenet", "elsewhere"], enc, TokensParams(per_class=4), tmp_path)
     assert rows.set_index("source_id").source.to_dict() == {"synth": "images", "imagenet": "text",
                                                            "elsewhere": "skipped: no images or class names"}
-    toks = E.load_source_tokens(tmp_path)
+    toks = TK.load_source_tokens(tmp_path)
     assert toks["synth"].shape == (12, 16) and toks["imagenet"].shape == (1000, 16)
 
 
 def test_token_speed_reports_both_rates(tiny):
     enc, _ = tiny
     pools, tasks = synthetic()
-    s = E.token_speed(pools, tasks, enc, TokensParams(per_class=4), repeats=1)
+    s = TK.token_speed(pools, tasks, enc, TokensParams(per_class=4), repeats=1)
     assert s["images"] == 20 and s["extraction_images_per_s"] > 0 and s["forward_images_per_s"] > 0
     assert s["ratio"] == pytest.approx(s["extraction_images_per_s"] / s["forward_images_per_s"], rel=0.01)
 

@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn as nn
 
+from ptmrec import budgets as bud
 from ptmrec import hardware as hw
 from ptmrec import params
 from ptmrec.nets import FAMILIES
@@ -102,7 +103,7 @@ def _profile():
 
 def test_apply_budget_keeps_rank_order_and_shows_measurements():
     ranked = pd.DataFrame(dict(model=["l", "x", "s", "m"], score=[0.9, 0.8, 0.5, 0.4]))  # x: never profiled
-    fits, nearest = hw.apply_budget(ranked, _profile(), max_latency_ms=6, max_memory_mb=20)
+    fits, nearest = bud.apply_budget(ranked, _profile(), max_latency_ms=6, max_memory_mb=20)
     assert list(fits.model) == ["s", "m"] and list(fits["overall_rank"]) == [3, 4]
     assert list(fits.latency_p50_ms) == [1.0, 5.0] and list(fits.peak_memory_mb) == [1.0, 10.0]
     assert nearest.empty and fits.attrs["unprofiled"] == ["x"]
@@ -110,7 +111,7 @@ def test_apply_budget_keeps_rank_order_and_shows_measurements():
 
 def test_budget_nothing_fits_gives_the_nearest_models():
     ranked = pd.DataFrame(dict(model=["l", "m", "s"], score=[3, 2, 1]))
-    fits, nearest = hw.apply_budget(ranked, _profile(), max_latency_ms=0.5, max_memory_mb=5, nearest_k=2)
+    fits, nearest = bud.apply_budget(ranked, _profile(), max_latency_ms=0.5, max_memory_mb=5, nearest_k=2)
     assert fits.empty
     # s exceeds latency by 2x (memory fits), m by 10x latency and 2x memory
     assert list(nearest.model) == ["s", "m"] and list(nearest.over_by) == [2.0, 10.0]
@@ -119,7 +120,7 @@ def test_budget_nothing_fits_gives_the_nearest_models():
 def test_pareto_front_on_a_hand_made_table():
     t = pd.DataFrame(dict(lat=[1, 2, 2, 3, 4, 4], acc=[0.5, 0.7, 0.6, 0.65, 0.9, 0.9]), index=list("abcdef"))
     # c is dominated by b (same latency, lower accuracy); d by b; e and f tie and stay
-    assert list(t.index[hw.pareto_front(t, "lat", "acc")]) == ["a", "b", "e", "f"]
+    assert list(t.index[bud.pareto_front(t, "lat", "acc")]) == ["a", "b", "e", "f"]
 
 
 def test_budget_regret_on_a_hand_made_case():
@@ -133,7 +134,7 @@ def test_budget_regret_on_a_hand_made_case():
     ])
     pred = pd.concat([pred, pd.DataFrame(dict(task="t1", model=["s", "m"], method="failed", score=np.nan))])
     budgets = {"all": {}, "edge": {"max_latency_ms": 6.0, "max_memory_mb": 20.0}, "none": {"max_latency_ms": 0.1}}
-    r = hw.budget_regret(pred, perf, _profile(), budgets).set_index(["method", "budget"])
+    r = bud.budget_regret(pred, perf, _profile(), budgets).set_index(["method", "budget"])
     # unconstrained: big picks l (regret 0, 0); small picks s (0.3, 0.15)
     assert r.loc[("big", "all"), "mean_regret"] == pytest.approx(0.0)
     assert r.loc[("small", "all"), "mean_regret"] == pytest.approx((0.3 + 0.15) / 2)
@@ -150,17 +151,17 @@ def test_latency_fit_recovers_the_exponents():
     flops, prm = 10 ** rng.uniform(5, 9, 40), 10 ** rng.uniform(4, 7, 40)
     lat = 3e-6 * flops ** 0.8 * prm ** 0.1 * np.exp(rng.normal(0, 0.01, 40))
     prof = pd.DataFrame(dict(flops=flops, params=prm, latency_p50_ms=lat), index=[f"m{i}" for i in range(40)])
-    fit = hw.fit_latency(prof)
+    fit = bud.fit_latency(prof)
     assert fit["exponents"]["flops"] == pytest.approx(0.8, abs=0.01)
     assert fit["exponents"]["params"] == pytest.approx(0.1, abs=0.01)
-    assert hw.predict_latency(fit, flops=1e8, params=1e5)[0] == pytest.approx(3e-6 * 1e8 ** 0.8 * 1e5 ** 0.1, rel=0.02)
-    loo = hw.latency_loo(prof)
+    assert bud.predict_latency(fit, flops=1e8, params=1e5)[0] == pytest.approx(3e-6 * 1e8 ** 0.8 * 1e5 ** 0.1, rel=0.02)
+    loo = bud.latency_loo(prof)
     assert loo.abs_pct_error.median() < 2 and list(loo.index) == list(prof.index)
 
 
 def test_hardware_profiles_of_absent_or_unprofiled_devices_are_reported_not_measured():
     P = params.from_dict({})
-    by_device, table = hw.hardware_budgets(P.hardware.profiles, measured=["cpu"])
+    by_device, table = bud.hardware_budgets(P.hardware.profiles, measured=["cpu"])
     assert set(by_device) == {"cpu"} and "edge-cpu" in by_device["cpu"]
     status = table.set_index("profile").status
     assert status["edge-cpu"] == "measured" and status["datacentre-gpu"].startswith("not measured")
@@ -208,8 +209,8 @@ def test_reference_scores_oracle_has_no_regret_and_noise_run_is_a_method():
                              method="linear_probe", seed=[0] * 6 + [1] * 6,
                              accuracy=[0.6, 0.7, 0.9, 0.8, 0.5, 0.95, 0.62, 0.75, 0.85, 0.7, 0.6, 0.9]))
     prof = _profile().assign(params=[10, 100, 1000])
-    pred = hw.reference_scores(perf, prof, "linear_probe", seed=0, noise_seed=1)
+    pred = bud.reference_scores(perf, prof, "linear_probe", seed=0, noise_seed=1)
     assert set(pred.method) == {"oracle", "random", "most-params", "groundtruth-seed1"}
-    r = hw.budget_regret(pred, perf[perf.seed == 0], prof, {"all": {}}).set_index("method").mean_regret
+    r = bud.budget_regret(pred, perf[perf.seed == 0], prof, {"all": {}}).set_index("method").mean_regret
     assert r["oracle"] == 0 and r["most-params"] == pytest.approx(0.0)  # l is best on both tasks
     assert r["groundtruth-seed1"] == pytest.approx(0.0)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from conftest import run_pipeline
+from conftest import copy_stages, run_pipeline
 from ptmrec import params, pipeline
 from ptmrec.paths import REPO
 
@@ -82,8 +82,9 @@ def test_only_needs_its_dependencies(tmp_path):
 def test_killed_run_resumes_and_trusts_no_half_file(smoke_runs, tmp_path):
     """SIGKILL the smoke run during ground truth, leave a half-written file, re-run: same results."""
     runs = tmp_path / "runs"
+    copy_stages(smoke_runs / "smoke", runs, "00_zoo_and_tasks")  # up to date: only ground truth runs
     env = {**os.environ, "PTMREC_RUNS": str(runs)}
-    upto = ["--only", "00_zoo_and_tasks", "01_groundtruth"]  # what is resumed; later stages add nothing here
+    upto = ["--only", "01_groundtruth"]  # what is resumed; later stages add nothing here
     proc = subprocess.Popen([str(REPO / "run_all.sh"), "params/smoke.yaml", *upto], env=env, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     parts = runs / "smoke/01_groundtruth/parts"

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from ptmrec import ranker as R
-from ptmrec.evaluate import dataset_folds, model_folds
+from ptmrec.evaluate import dataset_folds, model_folds, ranking_agreement
 from ptmrec.metrics import weighted_tau
 from ptmrec.params import RankerParams, TrainParams
 
@@ -120,6 +120,21 @@ def test_folds_hold_out_whole_datasets_and_cover_models():
         assert {data.datasets[t] for t in test} == {d} and d not in {data.datasets[t] for t in train}
     folds = model_folds(12, 5, seed=0)
     assert sorted(np.concatenate(folds).tolist()) == list(range(12))
+
+
+def test_ranking_agreement_separates_siblings_from_other_datasets():
+    """Two datasets whose tasks share one ranking each (opposite orders): siblings agree, others do not."""
+    base = np.linspace(0.5, 0.9, 6)
+    acc = np.stack([base, base + 0.01, base[::-1], base[::-1] + 0.02])  # tasks a0, a1 | b0, b1
+    data = R.RankingData(model_ids=[f"m{j}" for j in range(6)], model_tokens=np.zeros((6, 2), np.float32),
+                         task_ids=["a0", "a1", "b0", "b1"], dataset_tokens={t: np.zeros((1, 2), np.float32)
+                                                                          for t in ("a0", "a1", "b0", "b1")},
+                         accuracy=acc, datasets={"a0": "a", "a1": "a", "b0": "b", "b1": "b"})
+    out = ranking_agreement(data, dataset_folds(data)).set_index("task_id")
+    assert list(out.index) == ["a0", "a1", "b0", "b1"] and set(out.dataset) == {"a", "b"}
+    np.testing.assert_allclose(out.mean_sibling, 1.0)
+    np.testing.assert_allclose(out.mean_training, -1.0)
+    np.testing.assert_allclose(out.best_training, -1.0)
 
 
 def test_load_ranker_names_the_missing_file(tmp_path):

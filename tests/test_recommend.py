@@ -104,3 +104,21 @@ def test_run_missing_a_stage_or_from_another_version(run, tmp_path):
         check_run(old)
     with pytest.raises(RecommendError, match="no such run folder"):
         check_run(tmp_path / "nope")
+
+
+def test_the_encoder_comes_from_the_cache_beside_the_run(run, images, monkeypatch, tmp_path):
+    """A run read from another runs folder than $PTMREC_RUNS still finds its own cached encoder."""
+    from ptmrec import encoders
+
+    monkeypatch.delenv("PTMREC_CACHE", raising=False)
+    monkeypatch.setenv("PTMREC_RUNS", str(tmp_path / "elsewhere"))
+    seen = {}
+
+    def build(params, device, cache_dir):
+        seen["cache"] = cache_dir
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(encoders, "build_encoder", build)
+    with pytest.raises(RuntimeError, match="stop here"):
+        recommend(run, images)
+    assert seen["cache"] == run.resolve().parent / "_cache"
