@@ -7,7 +7,7 @@ Built on the measured profiles of ``ptmrec.hardware`` (one row per model, indexe
     >>> predict_latency(fit_latency(profile), flops=2e8, params=3e6)                  # ms, a model not profiled
 
 Latency model: ``log latency = a + b log FLOPs + c log params`` (a power law, fitted by least
-squares), after the roofline view (Williams, Waterman & Patterson, CACM 2009): a forward is bound
+squares with b, c >= 0), after the roofline view (Williams, Waterman & Patterson, CACM 2009): a forward is bound
 by arithmetic (FLOPs) or by moving its weights (params); tiny models on a CPU are often bound by
 per-operator overhead instead, which ``ops`` can add. ``predict_latency`` estimates models not yet
 profiled; ``latency_loo`` measures its error leave-one-model-out.
@@ -193,11 +193,19 @@ def _design(df: pd.DataFrame | dict, features: tuple[str, ...]) -> np.ndarray:
 
 def fit_latency(profile: pd.DataFrame, features: tuple[str, ...] = ("flops", "params"),
                 target: str = "latency_p50_ms") -> dict[str, Any]:
-    """Least-squares fit of log(target) on a constant and log(features); returns the coefficients and fit data."""
+    """Least-squares fit of log(target) on a constant and log(features), exponents held >= 0.
+
+    More FLOPs or parameters never make a forward faster; unconstrained, near-collinear features
+    (FLOPs and params within a family) trade off into a negative exponent that extrapolates badly
+    to a model not yet profiled. Returns the coefficients and fit data.
+    """
+    from scipy.optimize import lsq_linear
+
     X, y = _design(profile, features), np.log(profile[target].to_numpy(float))
     if len(y) < X.shape[1]:
         raise ValueError(f"fit_latency: {len(y)} profiled models cannot fit {X.shape[1]} coefficients")
-    coef, *_ = np.linalg.lstsq(X, y, rcond=None)
+    lower = np.r_[-np.inf, np.zeros(len(features))]  # intercept free, exponents >= 0
+    coef = lsq_linear(X, y, bounds=(lower, np.inf)).x
     return dict(features=list(features), target=target, intercept=float(coef[0]),
                 exponents={f: float(c) for f, c in zip(features, coef[1:])}, n=int(len(y)))
 

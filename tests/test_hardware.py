@@ -159,6 +159,23 @@ def test_latency_fit_recovers_the_exponents():
     assert loo.abs_pct_error.median() < 2 and list(loo.index) == list(prof.index)
 
 
+def test_latency_fit_never_lets_more_work_run_faster():
+    """Params follow FLOPs closely (one family), and their small scatter happens to go with faster models:
+    unconstrained least squares turns that into a negative params exponent (more weights, faster), which
+    would extrapolate absurdly; the fit holds both exponents at or above 0 and still predicts the data."""
+    rng = np.random.default_rng(1)
+    flops = 10 ** rng.uniform(6, 8, 30)
+    prm = flops / 50 * np.exp(rng.normal(0, 0.05, 30))  # params follow FLOPs within a family
+    lat = 1e-5 * flops ** 0.9 * np.exp(rng.normal(0, 0.3, 30)) / (prm / (flops / 50)) ** 3
+    prof = pd.DataFrame(dict(flops=flops, params=prm, latency_p50_ms=lat), index=[f"m{i}" for i in range(30)])
+    X = np.column_stack([np.ones(30), np.log(flops), np.log(prm)])
+    free = np.linalg.lstsq(X, np.log(lat), rcond=None)[0]
+    assert free[2] < 0  # what an unconstrained fit makes of it
+    fit = bud.fit_latency(prof)
+    assert min(fit["exponents"].values()) >= 0
+    assert np.median(np.abs(np.log(bud.predict_latency(fit, flops=flops, params=prm) / lat))) < 0.5
+
+
 def test_hardware_profiles_of_absent_or_unprofiled_devices_are_reported_not_measured():
     P = params.from_dict({})
     by_device, table = bud.hardware_budgets(P.hardware.profiles, measured=["cpu"])
