@@ -39,6 +39,30 @@ def save(fig, out_dir: Path, name: str) -> list[Path]:
     return paths
 
 
+def label_points(ax, x, y, names, fontsize: float = 5, gap_pt: float = 1.3) -> list:
+    """Label scatter points without overlapping labels: a label that would cover an earlier one moves down
+    (with a leader line to its point). Call after the axes' scales and limits are set. Returns the texts.
+
+    Greedy, top label first, in display points: a label is ``fontsize * gap_pt`` tall and about
+    0.55 em per character wide.
+    """
+    fig = ax.figure
+    xy = ax.transData.transform(np.column_stack([x, y])) * 72 / fig.dpi  # [n, 2] in points
+    order = np.lexsort((xy[:, 0], -xy[:, 1]))  # top to bottom, then left to right
+    height, placed, texts = fontsize * gap_pt, [], [None] * len(names)
+    for i in order:
+        x0, y0 = xy[i, 0] + 2, xy[i, 1] + 2  # label's lower-left corner, points
+        width = 0.55 * fontsize * len(str(names[i]))
+        while any(abs(y0 - py) < height and x0 < px + pw and px < x0 + width for px, py, pw in placed):
+            y0 -= height
+        placed.append((x0, y0, width))
+        moved = y0 < xy[i, 1] + 2
+        texts[i] = ax.annotate(str(names[i]), (x[i], y[i]), xytext=(x0 - xy[i, 0], y0 - xy[i, 1]),
+                               textcoords="offset points", fontsize=fontsize,
+                               arrowprops=dict(arrowstyle="-", lw=0.3, color="grey") if moved else None)
+    return texts
+
+
 def image_grid(rows: list[tuple[str, np.ndarray]], per_row: int = 8, height_per_row: float = 0.75):
     """Rows of example images: [(label, uint8 [n, S, S, 3]), ...]."""
     fig, axes = plt.subplots(len(rows), per_row, figsize=(WIDTH_IN, height_per_row * len(rows)), squeeze=False)
