@@ -73,26 +73,18 @@ def forward_baseline(run: Path, images: np.ndarray, labels: np.ndarray) -> dict:
                 total_seconds=fwd + score)
 
 
-def rank_seconds(run: Path, folder: Path, n_models: int, repeats: int = 20) -> float:
+def rank_seconds(run: Path, tokens: np.ndarray, n_models: int, repeats: int = 20) -> float:
     """Median seconds of the ranker's forward pass over ``n_models`` model tokens (the zoo's, cycled)."""
     import torch
 
-    from ptmrec import encoders
-    from ptmrec.paths import cache_root
-    from ptmrec.ranker import load_ranker, model_token_table
-    from ptmrec.tokens import folder_tokens
-    from ptmrec.recommend import _run_params, check_run
+    from ptmrec.ranker import load_ranker
+    from ptmrec.recommend import check_run, ranker_inputs
 
-    cfg, P = check_run(run), _run_params(run)
-    encoder = encoders.build_encoder(P.encoder, "cpu", cache_root(run.resolve().parent))
-    tokens = folder_tokens(folder, encoder, P.tokens.per_class, P.tokens.kind, 0)[0]
+    cfg = check_run(run)
     model, _ = load_ranker(run / "06_ranker" / "ranker")
-    ids, table = model_token_table(run, cfg["model_tokens"])
-    order = np.resize([ids.index(m) for m in cfg["model_ids"]], n_models)
-    mt = torch.from_numpy(table[order])[None]  # [1, n_models, D_m]
-    dt = torch.from_numpy(np.asarray(tokens, np.float32)[: cfg["max_dataset_tokens"]])[None]  # [1, M, D_d]
-    # ids index the learned-id ablation's table only; the token ranker ignores them
-    idx = torch.from_numpy(order % len(cfg["model_ids"]))[None]
+    mt, dt = ranker_inputs(run, cfg, tokens)  # [1, N, D_m], [1, M, D_d]
+    pick = torch.from_numpy(np.resize(np.arange(mt.shape[1]), n_models))  # the zoo's models, cycled
+    mt, idx = mt[:, pick], pick[None]  # [1, n_models, D_m]; idx: the learned-id ablation's rows
     times = []
     with torch.no_grad():
         for _ in range(repeats):
@@ -103,7 +95,8 @@ def rank_seconds(run: Path, folder: Path, n_models: int, repeats: int = 20) -> f
 
 
 def main() -> None:
-    from ptmrec.recommend import recommend
+    from ptmrec.recommend import _run_params, recommend, run_encoder
+    from ptmrec.tokens import folder_tokens
 
     ap = argparse.ArgumentParser()
     ap.add_argument("run", type=Path)
@@ -122,7 +115,9 @@ def main() -> None:
     n = warm.info["n_images"]
     sub = np.concatenate([np.flatnonzero(labels == c)[: n // len(np.unique(labels))] for c in np.unique(labels)])
     base_sample = forward_baseline(a.run, images[sub], labels[sub])
-    rank_n, rank_50 = rank_seconds(a.run, folder, base["models"]), rank_seconds(a.run, folder, 50)
+    P = _run_params(a.run)
+    tokens = folder_tokens(folder, run_encoder(a.run, P), P.tokens.per_class, P.tokens.kind, 0)[0]
+    rank_n, rank_50 = rank_seconds(a.run, tokens, base["models"]), rank_seconds(a.run, tokens, 50)
     # a 50-model recommendation: the measured warm call with its ranking step timed at 50 models
     warm_50 = warm_s - warm.info["seconds"]["rank"] + max(warm.info["seconds"]["rank"], rank_50)
     result = dict(

@@ -159,8 +159,9 @@ def _resize_grey(grey: np.ndarray, size: int) -> np.ndarray:
     return np.repeat(grey[..., None], 3, axis=-1)
 
 
-def _cache_dir(data: DataParams) -> Path:
-    return Path(data.cache_dir) if data.cache_dir else cache_root()
+def _cache_dir(data: DataParams, runs: Path | None = None) -> Path:
+    """data.cache_dir, else paths.cache_root(runs) ($PTMREC_CACHE or <runs>/_cache)."""
+    return Path(data.cache_dir) if data.cache_dir else cache_root(runs)
 
 
 # ----------------------------------------------------------------------------- image files (folders, clip art)

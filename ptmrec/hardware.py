@@ -160,6 +160,13 @@ def _input(batch: int, image_size: int, device: torch.device) -> torch.Tensor:
     return torch.rand(batch, 3, image_size, image_size, generator=g).mul_(2).sub_(1).to(device)
 
 
+def _on_device(model: nn.Module, image_size: int, device: str, batch: int = 1) -> tuple[torch.device, torch.Tensor]:
+    """(the checked device, the fixed input [B, 3, S, S] on it), with ``model`` in eval mode moved there."""
+    d = check_device(device)
+    model.eval().to(d)
+    return d, _input(batch, image_size, d)
+
+
 def _time_calls(fn: Callable[[], Any], device: torch.device, warmup: int, repeats: int) -> tuple[np.ndarray, np.ndarray]:
     """(wall ms [repeats], calling thread's CPU ms [repeats]) of ``fn()`` after ``warmup`` untimed calls; GC paused."""
     for _ in range(warmup):
@@ -188,9 +195,7 @@ def time_latency(model: nn.Module, image_size: int, device: str, warmup: int, re
     CPU with one torch thread, where it is all the work of the call: it leaves out the time the call
     waited for the processor, so it estimates the latency on an idle machine when others share it.
     """
-    d = check_device(device)
-    model.eval().to(d)
-    x = _input(1, image_size, d)
+    d, x = _on_device(model, image_size, device)
     with _threads(threads) as used, torch.inference_mode():
         wall, cpu = _time_calls(lambda: model.forward_features(x), d, warmup, repeats)
     if d.type != "cpu" or used != 1:
@@ -236,9 +241,7 @@ def forward_peak_bytes(model: nn.Module, image_size: int, device: str, batch: in
 
     ``warm``: run one forward first, so one-off lazy initialisation does not count as the model's memory.
     """
-    d = check_device(device)
-    model.eval().to(d)
-    x = _input(batch, image_size, d)
+    d, x = _on_device(model, image_size, device, batch)
     fixed = state_bytes(model) + x.numel() * x.element_size()
     with torch.inference_mode():
         if warm:
@@ -259,9 +262,7 @@ def count_flops(model: nn.Module, image_size: int, device: str = "cpu") -> int:
     """FLOPs of one batch-1 forward_features (torch.utils.flop_counter: 2 per multiply-accumulate)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    d = check_device(device)
-    model.eval().to(d)
-    x = _input(1, image_size, d)
+    _, x = _on_device(model, image_size, device)
     counter = FlopCounterMode(display=False)
     # grad enabled: PyTorch's fused inference fast paths (nn.TransformerEncoderLayer, nn.MultiheadAttention)
     # have no FLOP formula and would count as 0; the unfused path does the same arithmetic, op by op
@@ -284,9 +285,7 @@ def count_ops(model: nn.Module, image_size: int, device: str = "cpu") -> int:
             _Count.n += 1
             return func(*args, **(kwargs or {}))
 
-    d = check_device(device)
-    model.eval().to(d)
-    x = _input(1, image_size, d)
+    _, x = _on_device(model, image_size, device)
     with torch.inference_mode(), _Count():
         model.forward_features(x)
     return _Count.n

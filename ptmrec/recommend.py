@@ -100,12 +100,29 @@ def _hardware(run: Path, device: str, ranked: pd.DataFrame, max_latency_ms: floa
     return fits, nearest, True
 
 
+def run_encoder(run: Path, P: Any, device: str = "cpu") -> Any:
+    """The run's stage-04 encoder, from the cache of the runs folder the run lies in (or data.cache_dir)."""
+    from . import encoders
+    from .data import _cache_dir
+
+    return encoders.build_encoder(P.encoder, device, _cache_dir(P.data, Path(run).resolve().parent))
+
+
+def ranker_inputs(run: Path, cfg: dict[str, Any], tokens: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """(model tokens [1, N, D_m] in the ranker's model order, dataset tokens [1, M, D_d] cut to max_dataset_tokens)."""
+    from .ranker import model_token_table
+
+    ids, table = model_token_table(run, cfg["model_tokens"])
+    order = [ids.index(m) for m in cfg["model_ids"]]
+    mt = torch.from_numpy(table[order])[None]
+    dt = torch.from_numpy(np.asarray(tokens, np.float32)[: cfg["max_dataset_tokens"]])[None]
+    return mt, dt
+
+
 def recommend(run: str | Path, images: str | Path, top: int | None = None, max_latency_ms: float | None = None,
               max_memory_mb: float | None = None, device: str = "cpu", seed: int = 0) -> Recommendation:
     """Rank the zoo of ``run`` for the labelled image folder ``images`` (see the module docstring)."""
-    from . import encoders
-    from .paths import cache_root
-    from .ranker import load_ranker, model_token_table
+    from .ranker import load_ranker
     from .tokens import folder_tokens
 
     run, images = Path(run), Path(images)
@@ -117,21 +134,16 @@ def recommend(run: str | Path, images: str | Path, top: int | None = None, max_l
     P = _run_params(run)
     times = {}
     t0 = time.perf_counter()
-    # the run's cached encoder: its runs folder's cache, wherever the run folder lies
-    cache = Path(P.data.cache_dir) if P.data.cache_dir else cache_root(run.resolve().parent)
-    encoder = encoders.build_encoder(P.encoder, device, cache)
+    encoder = run_encoder(run, P, device)
     times["load_encoder"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     tokens, labels, classes, skipped = folder_tokens(images, encoder, P.tokens.per_class, P.tokens.kind, seed)
     times["dataset_tokens"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     model, _ = load_ranker(run / "06_ranker" / "ranker")
-    ids, table = model_token_table(run, cfg["model_tokens"])
-    order = [ids.index(m) for m in cfg["model_ids"]]
-    mt = torch.from_numpy(table[order])[None]  # [1, N, D_m]
-    dt = torch.from_numpy(np.asarray(tokens, np.float32)[: cfg["max_dataset_tokens"]])[None]  # [1, M, D_d]
+    mt, dt = ranker_inputs(run, cfg, tokens)  # [1, N, D_m], [1, M, D_d]
     with torch.no_grad():
-        scores = model(mt, dt, None, torch.arange(len(order))[None])[0].numpy()  # [N]
+        scores = model(mt, dt, None, torch.arange(mt.shape[1])[None])[0].numpy()  # [N]
     times["rank"] = time.perf_counter() - t0
     zoo = pd.read_csv(run / "00_zoo_and_tasks/zoo/index.csv").set_index("model_id")
     ranked = pd.DataFrame({"model_id": cfg["model_ids"], "score": scores}).sort_values("score", ascending=False)

@@ -32,7 +32,7 @@ from typing import Callable
 
 import yaml
 
-from .paths import REPO, read_json, write_text
+from .paths import REPO, atomic_path, read_json, write_text
 
 FIGURE_EXTS = (".pdf", ".png")
 _OPTION = re.compile(r"^#\|\s*([\w-]+)\s*:\s*(.*)$")
@@ -128,10 +128,8 @@ def figure_files(run: str | Path) -> dict[str, list[Path]]:
 def _copy_if_newer(src: Path, dst: Path) -> bool:
     if dst.exists() and dst.stat().st_mtime >= src.stat().st_mtime and dst.stat().st_size == src.stat().st_size:
         return False
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(f".{dst.name}.tmp")
-    shutil.copy2(src, tmp)
-    tmp.replace(dst)
+    with atomic_path(dst) as tmp:
+        shutil.copy2(src, tmp)
     return True
 
 

@@ -24,7 +24,8 @@ else
   PY=python3
 fi
 # One thread per CPU the job was given: torch otherwise starts one per core of the node, and jobs
-# sharing a node oversubscribe it (two 2-thread array tasks on 2 cores ran 4x slower than one).
+# sharing a node oversubscribe it (the SLURM test: two 2-thread array tasks on 2 cores took 172 s per
+# ground-truth shard; with one thread each, the whole test took 64 s).
 if [[ -n ${PTMREC_THREADS:-} ]]; then
   export OMP_NUM_THREADS=$PTMREC_THREADS
 elif [[ -n ${SLURM_CPUS_PER_TASK:-} ]]; then
