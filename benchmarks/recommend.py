@@ -39,7 +39,8 @@ REPO = Path(__file__).resolve().parent.parent
 
 def write_folder(run: Path, n_images: int, seed: int = 0) -> tuple[Path, np.ndarray, np.ndarray]:
     """n_images real target images of the run's largest-class pool, as PNG class folders."""
-    from ptmrec.data import class_balanced_sample, load_tasks
+    from ptmrec.data import load_tasks
+    from ptmrec.pools import class_balanced_sample
 
     pools, _ = load_tasks(run / "00_zoo_and_tasks" / "tasks")
     pool = max(pools.values(), key=lambda p: min(p.class_counts().values()) * min(len(p.classes), 5))

@@ -162,9 +162,9 @@ def build_encoder(params: EncoderParams, device: str = "cpu", cache_dir: str | P
 
 def encoder_for(P: Any) -> ClipImageEncoder:
     """The encoder of a parameter set, on its device, cached where its datasets are (``data.cache_dir``)."""
-    from .data import _cache_dir
+    from .pools import cache_folder
 
-    return build_encoder(P.encoder, P.run.device, _cache_dir(P.data))
+    return build_encoder(P.encoder, P.run.device, cache_folder(P.data))
 
 
 @contextmanager

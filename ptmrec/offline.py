@@ -20,8 +20,8 @@ from typing import Callable
 
 import numpy as np
 
-from .data import (FINGERPRINT_PX, ROLES, DataMissingError, Pool, _cache_dir, _decode_cached, _files_pool, _grey_pool,
-                   _is_source, _rng, _role_files, _scan_folder, register_dataset)
+from .pools import (FINGERPRINT_PX, ROLES, DataMissingError, Pool, cache_folder, decode_cached, files_pool, grey_pool,
+                   is_source, seeded_rng, role_files, scan_folder, register_dataset)
 from .params import DataParams
 
 log = logging.getLogger(__name__)
@@ -62,7 +62,7 @@ def load_fmnist(
         raise DataMissingError(f"Fashion-MNIST not found in {FMNIST_DIR} (missing {', '.join(missing)}): install the "
                                "Debian package dataset-fashion-mnist (apt-get install dataset-fashion-mnist)")
     images, labels = (_read_idx(f) for f in files)  # [N, 28, 28] uint8, [N] uint8
-    return _grey_pool("fmnist", images, labels.astype(np.int64), FMNIST_CLASSES, size, per_class, seed)
+    return grey_pool("fmnist", images, labels.astype(np.int64), FMNIST_CLASSES, size, per_class, seed)
 
 
 def _alternate_split(labels: np.ndarray, role: str) -> np.ndarray:
@@ -100,7 +100,7 @@ def load_mnist(
     y = table[:, -1].astype(np.int64)
     idx = _alternate_split(y, role)
     grey = table[idx, :-1].reshape(-1, 28, 28).round().clip(0, 255).astype(np.uint8)
-    return _grey_pool("mnist", grey, y[idx], [str(d) for d in range(10)], size, per_class, seed)
+    return grey_pool("mnist", grey, y[idx], [str(d) for d in range(10)], size, per_class, seed)
 
 
 @register_dataset("digits")
@@ -113,7 +113,7 @@ def load_digits(
     y = table[:, -1].astype(np.int64)
     idx = _alternate_split(y, role)
     grey = (table[idx, :-1].reshape(-1, 8, 8) * (255 / 16)).round().astype(np.uint8)
-    return _grey_pool("digits", grey, y[idx], [str(c) for c in range(10)], size, per_class, seed)
+    return grey_pool("digits", grey, y[idx], [str(c) for c in range(10)], size, per_class, seed)
 
 
 # ----------------------------------------------------------------------------- clip art
@@ -123,13 +123,13 @@ def _load_clipart(name: str, depth: int, role: str, size: int, per_class: int | 
     if not CLIPART_DIR.is_dir():
         raise DataMissingError(f"clip art not found in {CLIPART_DIR}: install the Debian package openclipart-png "
                                "(apt-get install openclipart-png)")
-    cache = _cache_dir(data) / "openclipart-{}px.npz"  # shared by both granularities and roles
-    files = _role_files(CLIPART_DIR, role, Path(str(cache).format(FINGERPRINT_PX)))
+    cache = cache_folder(data) / "openclipart-{}px.npz"  # shared by both granularities and roles
+    files = role_files(CLIPART_DIR, role, Path(str(cache).format(FINGERPRINT_PX)))
 
     def label(rel: str) -> str:  # "category/subcategory" (deeper files roll up); files directly in a category: "category"
         return "/".join(Path(rel).parts[:-1][:depth])
 
-    return _files_pool(name, CLIPART_DIR, files, label, size, per_class, seed, Path(str(cache).format(size)),
+    return files_pool(name, CLIPART_DIR, files, label, size, per_class, seed, Path(str(cache).format(size)),
                        min_files=MIN_FOLDER_CLASS)
 
 
@@ -230,7 +230,7 @@ def clipart_pairs(role: str, size: int, max_pairs: int | None = None, seed: int 
     """Up to ``max_pairs`` (None: all) captioned clip-art pictures of ``role``, in a seeded random order.
 
     The role of a picture is the one the clip-art pools give it (a hash of its pixels at
-    FINGERPRINT_PX, see ``ptmrec.data._role_files``), so pairs of the ``"source"`` role never show a
+    FINGERPRINT_PX, see ``ptmrec.data.role_files``), so pairs of the ``"source"`` role never show a
     picture that a target task draws from. The same picture filed twice is kept once. Pictures
     without a caption are left out; unreadable ones are skipped and listed.
     """
@@ -239,16 +239,16 @@ def clipart_pairs(role: str, size: int, max_pairs: int | None = None, seed: int 
     if not CLIPART_DIR.is_dir():
         raise DataMissingError(f"clip art not found in {CLIPART_DIR}: install the Debian package openclipart-png")
     texts = clipart_texts()
-    files = [(rel, sha) for rel, sha in _scan_folder(CLIPART_DIR) if rel in texts and texts[rel].caption()]
+    files = [(rel, sha) for rel, sha in scan_folder(CLIPART_DIR) if rel in texts and texts[rel].caption()]
     order = np.random.default_rng(seed).permutation(len(files))
-    cache = _cache_dir(data or DataParams()) / "openclipart-{}px.npz"  # the clip-art pools' decode caches
+    cache = cache_folder(data or DataParams()) / "openclipart-{}px.npz"  # the clip-art pools' decode caches
     chosen: list[tuple[str, str]] = []
     skipped: list[tuple[str, str]] = []
     seen: set[str] = set()
     step = len(files) if max_pairs is None else 2 * max_pairs + 64  # about half the files are of each role
     for start in range(0, len(files), step):
         chunk = [files[i] for i in order[start:start + step]]
-        small = _decode_cached([str(CLIPART_DIR / r) for r, _ in chunk], [s for _, s in chunk], FINGERPRINT_PX,
+        small = decode_cached([str(CLIPART_DIR / r) for r, _ in chunk], [s for _, s in chunk], FINGERPRINT_PX,
                                Path(str(cache).format(FINGERPRINT_PX)))
         for rel, sha in chunk:
             img = small[sha]
@@ -256,13 +256,13 @@ def clipart_pairs(role: str, size: int, max_pairs: int | None = None, seed: int 
                 skipped.append((str(CLIPART_DIR / rel), img))
                 continue
             fp = hashlib.sha1(img.tobytes()).hexdigest()
-            if fp not in seen and _is_source(fp) == (role == "source"):
+            if fp not in seen and is_source(fp) == (role == "source"):
                 chosen.append((rel, sha))
             seen.add(fp)
         if max_pairs is not None and len(chosen) >= max_pairs:
             break
     chosen = chosen[:max_pairs]
-    big = _decode_cached([str(CLIPART_DIR / r) for r, _ in chosen], [s for _, s in chosen], size,
+    big = decode_cached([str(CLIPART_DIR / r) for r, _ in chosen], [s for _, s in chosen], size,
                          Path(str(cache).format(size)))
     keep = [(rel, big[sha]) for rel, sha in chosen if not isinstance(big[sha], str)]
     skipped += [(str(CLIPART_DIR / rel), big[sha]) for rel, sha in chosen if isinstance(big[sha], str)]
@@ -407,7 +407,7 @@ def _glyph_pool(name: str, classes: list[str], chars_of: Callable[[GlyphFont, st
         options = [(f, chars) for f in fonts if (chars := chars_of(f, cls))]
         if not options:
             continue
-        rng = _rng(seed, name, role, cls)
+        rng = seeded_rng(seed, name, role, cls)
         for _ in range(n):
             font, chars = options[rng.integers(len(options))]
             images.append(_render(chars[rng.integers(len(chars))], font.path, size, rng))
@@ -518,7 +518,7 @@ def load_textures(
     n = per_class or GENERATED_PER_CLASS
     images = []
     for f in present:
-        half, rng = _texture_half(folder / f, role, size), _rng(seed, "textures", role, f)
+        half, rng = _texture_half(folder / f, role, size), seeded_rng(seed, "textures", role, f)
         images += [_random_crop(half, size, rng) for _ in range(n)]
     classes = [Path(f).stem for f in present]
     return Pool("textures", np.stack(images), np.repeat(np.arange(len(classes)), n).astype(np.int64), classes)

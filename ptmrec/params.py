@@ -60,6 +60,7 @@ class TasksParams:
     max_classes: int = 5
     train_per_class: int = 20
     test_per_class: int = 30
+    sizes: dict[str, list[int]] = field(default_factory=dict)  # dataset -> [train, test] per class, overriding the two above
 
 
 @dataclass
@@ -324,6 +325,10 @@ def _check_values(P: Params, origin: str) -> None:
     for name in ("train_per_class", "test_per_class", "image_size"):
         if getattr(t, name) < 1:
             raise ParamsError(f"{origin}: tasks.{name} must be positive")
+    for name, sizes in t.sizes.items():
+        if len(sizes) != 2 or min(sizes) < 1:
+            raise ParamsError(f"{origin}: tasks.sizes.{name} must be [train, test] images per class, both positive, "
+                              f"got {sizes}")
     _check_hardware(P.hardware, origin)
 
 

@@ -103,9 +103,9 @@ def _hardware(run: Path, device: str, ranked: pd.DataFrame, max_latency_ms: floa
 def run_encoder(run: Path, P: Any, device: str = "cpu") -> Any:
     """The run's stage-04 encoder, from the cache of the runs folder the run lies in (or data.cache_dir)."""
     from . import encoders
-    from .data import _cache_dir
+    from .pools import cache_folder
 
-    return encoders.build_encoder(P.encoder, device, _cache_dir(P.data, Path(run).resolve().parent))
+    return encoders.build_encoder(P.encoder, device, cache_folder(P.data, Path(run).resolve().parent))
 
 
 def ranker_inputs(run: Path, cfg: dict[str, Any], tokens: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:

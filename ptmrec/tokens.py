@@ -49,13 +49,14 @@ def _tokens_of(encoder: ClipImageEncoder, images: np.ndarray, labels: np.ndarray
 def _task_sample(pool: Any, task: Any, tp: TokensParams, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[dict]]:
     """(images [n, S, S, 3], labels [n], splits [n], shortfalls): ``tp.per_class`` images of every class drawn from
     the task's ``tp.splits``; a class with fewer gives all it has and is listed in shortfalls."""
-    from .data import _stable_int, class_balanced_sample, task_arrays
+    from .data import task_arrays
+    from .pools import class_balanced_sample, stable_int
 
     parts = [(*task_arrays(pool, task, s), s) for s in tp.splits]
     x = np.concatenate([a for a, _, _ in parts])
     y = np.concatenate([b for _, b, _ in parts])
     split = np.concatenate([np.full(len(b), s) for _, b, s in parts])
-    idx = class_balanced_sample(y, tp.per_class, (seed + _stable_int(task.task_id)) % 2**32)
+    idx = class_balanced_sample(y, tp.per_class, (seed + stable_int(task.task_id)) % 2**32)
     counts = np.bincount(y[idx], minlength=len(task.classes))
     short = [dict(task_id=task.task_id, cls=task.classes[c], have=int(counts[c]), wanted=tp.per_class)
              for c in range(len(task.classes)) if counts[c] < tp.per_class]
@@ -169,7 +170,7 @@ def folder_tokens(folder: str | Path, encoder: ClipImageEncoder, per_class: int,
     listed; grey, palette and RGBA images become RGB; a class with fewer than ``per_class`` images gives all
     it has. Raises, naming the folder: no class folders, a single class, a class without a readable image.
     """
-    from .data import load_image_folder
+    from .pools import load_image_folder
 
     root = Path(folder).expanduser().resolve()
     if not root.is_dir():
@@ -217,7 +218,7 @@ def extract_source_tokens(pools: dict, source_ids: list[str], encoder: ClipImage
     offline) gets the text embeddings of its 1000 class names (``SOURCE_PROMPT``), one per class; any other
     source is listed as skipped. Returns one row per source: source_id, n_tokens, from (images|text|skipped).
     """
-    from .data import class_balanced_sample
+    from .pools import class_balanced_sample
     from .zoo import imagenet_classes
 
     toks, ids, labs, rows = [], [], [], []

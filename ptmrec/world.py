@@ -23,16 +23,16 @@ def source_pools(P: Params, progress: Callable[[Iterable], Iterable] = iter) -> 
 
 def target_tasks(P: Params, progress: Callable[[Iterable], Iterable] = iter) -> tuple[dict, list]:
     """Target-role pools and the tasks sampled from them (never a source task: the roles are disjoint)."""
-    from .data import load_pool, sample_tasks
+    from .data import load_pool, sample_tasks, split_sizes
 
-    per_class = P.tasks.train_per_class + P.tasks.test_per_class
-    pools = {n: load_pool(n, "target", P.tasks.image_size, 2 * per_class, P.run.seed, P.data)
+    # twice a task's images per class: room for distinct class subsets and for the fresh test split
+    pools = {n: load_pool(n, "target", P.tasks.image_size, 2 * sum(split_sizes(P.tasks, n)), P.run.seed, P.data)
              for n in progress(list(P.tasks.datasets))}
     return pools, sample_tasks(pools, P.tasks.datasets, P.tasks, P.run.seed)
 
 
 def tasks_table(tasks: list) -> pd.DataFrame:
-    """One row per task: id, dataset, domain, number of classes and images."""
-    return pd.DataFrame([dict(task_id=t.task_id, dataset=t.dataset, domain=t.domain, n_classes=len(t.classes),
-                              n_train=len(t.train_idx), n_test=len(t.test_idx), classes="|".join(t.classes))
-                         for t in tasks])
+    """One row per task: id, dataset, domain, style, number of classes and images per split."""
+    return pd.DataFrame([dict(task_id=t.task_id, dataset=t.dataset, domain=t.domain, style=t.style,
+                              n_classes=len(t.classes), n_train=len(t.train_idx), n_test=len(t.test_idx),
+                              n_fresh=len(t.fresh_idx), classes="|".join(t.classes)) for t in tasks])

@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from ptmrec import data as D
+from ptmrec import pools as pools_mod
 from ptmrec import offline as O
 from ptmrec.params import DataParams, TasksParams
 
@@ -109,7 +110,7 @@ def test_clipart_subset(clipart_dir, tmp_path, monkeypatch):
     for n in ("clipart", "clipart-top"):  # no picture in both roles, the duplicated one included
         assert not image_hashes(pools[n, "source"].images) & image_hashes(pools[n, "target"].images)
     # every distinct picture once: duplicates (the copy made above, and some within openclipart) are dropped
-    pictures = image_hashes(np.stack([D._decode_file(str(f), SIZE) for f in clipart_dir.rglob("*.png")]))
+    pictures = image_hashes(np.stack([pools_mod.decode_file(str(f), SIZE) for f in clipart_dir.rglob("*.png")]))
     assert sum(len(pools["clipart-top", r].images) for r in D.ROLES) == len(pictures) < 201
     assert (tmp_path / "cache" / f"openclipart-{SIZE}px.npz").is_file()
     again = D.load_pool("clipart", "target", SIZE, per_class=4, seed=0, data=params)  # from the cache
@@ -141,7 +142,7 @@ def write_folder(root: Path) -> None:
 def test_image_folder_skips_and_reports_bad_files(tmp_path, caplog):
     write_folder(tmp_path / "pets")
     with caplog.at_level(logging.WARNING, logger="ptmrec.data"):
-        pool = D.load_image_folder(tmp_path / "pets", SIZE)
+        pool = pools_mod.load_image_folder(tmp_path / "pets", SIZE)
     check_pool(pool, SIZE)
     assert pool.classes == ["cats", "dogs"] and pool.class_counts() == {"cats": 14, "dogs": 13}
     assert sorted(Path(f).name for f, _ in pool.skipped) == ["broken.png", "notes.txt"]
@@ -157,9 +158,9 @@ def test_image_folder_roles_and_errors(tmp_path):
     (tmp_path / "flat").mkdir()
     Image.new("RGB", (8, 8)).save(tmp_path / "flat" / "a.png")
     with pytest.raises(ValueError, match="no class subfolders"):
-        D.load_image_folder(tmp_path / "flat", SIZE)
+        pools_mod.load_image_folder(tmp_path / "flat", SIZE)
     with pytest.raises(FileNotFoundError, match="missing"):
-        D.load_image_folder(tmp_path / "missing", SIZE)
+        pools_mod.load_image_folder(tmp_path / "missing", SIZE)
 
 
 class FakeHFDataset:
@@ -248,12 +249,12 @@ def test_save_and_load_tasks(pools, tmp_path):
     D.save_tasks(tmp_path / "tasks", pools, tasks)
     assert sorted(p.name for p in (tmp_path / "tasks" / "pools").iterdir()) == ["fmnist.npz", "glyphs.npz"]
     header = (tmp_path / "tasks" / "index.csv").read_text().splitlines()[0]
-    assert header == "task_id,dataset,domain,n_classes,classes,n_train,n_test"
+    assert header == "task_id,dataset,domain,style,n_classes,classes,n_train,n_test,n_fresh"
     loaded_pools, loaded = D.load_tasks(tmp_path / "tasks")
     for a, b in zip(tasks, loaded):
-        fields = ("task_id", "dataset", "domain", "classes", "pool_classes")
+        fields = ("task_id", "dataset", "domain", "style", "classes", "pool_classes")
         assert [getattr(a, f) for f in fields] == [getattr(b, f) for f in fields]
-        for split in ("train", "test"):
+        for split in D.SPLITS:
             xa, ya = D.task_arrays(pools[a.dataset], a, split)
             xb, yb = D.task_arrays(loaded_pools[b.dataset], b, split)
             assert np.array_equal(xa, xb) and np.array_equal(ya, yb)
@@ -269,9 +270,9 @@ def test_save_and_load_tasks(pools, tmp_path):
 
 def test_class_balanced_sample():
     labels = np.array([0] * 10 + [1] * 3 + [2] * 7)
-    idx = D.class_balanced_sample(labels, 5, seed=0)
+    idx = pools_mod.class_balanced_sample(labels, 5, seed=0)
     assert np.bincount(labels[idx]).tolist() == [5, 3, 5] and len(set(idx)) == len(idx)
-    assert np.array_equal(idx, D.class_balanced_sample(labels, 5, seed=0))
+    assert np.array_equal(idx, pools_mod.class_balanced_sample(labels, 5, seed=0))
 
 
 def test_class_balanced_batch_sampler():
@@ -291,3 +292,50 @@ def test_class_balanced_batch_sampler():
     assert all(len(y) == 12 for (y,) in loader)
     with pytest.raises(ValueError, match="7"):
         D.ClassBalancedBatchSampler(labels, n_classes=7, n_per_class=2)
+
+
+def styled_pool(n_styles: int = 3, per: int = 30) -> D.Pool:
+    """4 classes x n_styles styles x per images; pixel value = style index, so a task's style is visible."""
+    labels, styles, images = [], [], []
+    for c in range(4):
+        for s in range(n_styles):
+            labels += [c] * per
+            styles += [f"vendor{s}"] * per
+            images.append(np.full((per, 8, 8, 3), 40 * s, np.uint8))
+    return D.Pool("emojiish", np.concatenate(images), np.array(labels), ["a", "b", "c", "d"], styles=np.array(styles))
+
+
+def test_styled_tasks_keep_one_style_or_mix_them(tmp_path):
+    pool = styled_pool()
+    tasks = D.sample_tasks({"emojiish": pool}, {"emojiish": 6},
+                           TasksParams(train_per_class=5, test_per_class=5, max_classes=3), seed=0)
+    within = [t for t in tasks if t.style]
+    mixed = [t for t in tasks if not t.style]
+    assert len(within) == 3 and len(mixed) == 3
+    for t in within:  # every image of every split is of the task's style
+        idx = np.concatenate([t.train_idx, t.test_idx, t.fresh_idx])
+        assert set(pool.styles[idx]) == {t.style} and t.style in t.task_id
+    assert any(len(set(pool.styles[np.concatenate([t.train_idx, t.test_idx])])) > 1 for t in mixed)
+    D.save_tasks(tmp_path, {"emojiish": pool}, tasks)
+    loaded_pools, loaded = D.load_tasks(tmp_path)
+    assert np.array_equal(loaded_pools["emojiish"].styles, pool.styles)
+    assert [t.style for t in loaded] == [t.style for t in tasks]
+
+
+def test_fresh_split_is_disjoint_and_class_balanced():
+    pool = styled_pool(n_styles=1, per=18)  # 18 per class: 5 train + 5 test leave 8, of which 5 are taken fresh
+    (task,) = D.sample_tasks({"emojiish": pool}, {"emojiish": 1}, TasksParams(train_per_class=5, test_per_class=5), 0)
+    tr, te, fr = set(task.train_idx), set(task.test_idx), set(task.fresh_idx)
+    assert len(fr) == 5 * len(task.classes) and not (fr & tr) and not (fr & te) and not (tr & te)
+    _, y = D.task_arrays(pool, task, "fresh")
+    assert np.bincount(y).tolist() == [5] * len(task.classes)
+    small = styled_pool(n_styles=1, per=12)  # 2 left per class: a shorter fresh split, still balanced
+    (task,) = D.sample_tasks({"emojiish": small}, {"emojiish": 1}, TasksParams(train_per_class=5, test_per_class=5), 0)
+    assert np.bincount(D.task_arrays(small, task, "fresh")[1]).tolist() == [2] * len(task.classes)
+
+
+def test_per_dataset_sizes_override_the_defaults():
+    pool = styled_pool(n_styles=1, per=30)
+    tp = TasksParams(train_per_class=5, test_per_class=5, sizes={"emojiish": [12, 4]})
+    (task,) = D.sample_tasks({"emojiish": pool}, {"emojiish": 1}, tp, seed=0)
+    assert len(task.train_idx) == 12 * len(task.classes) and len(task.test_idx) == 4 * len(task.classes)

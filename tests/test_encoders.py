@@ -13,7 +13,8 @@ from PIL import Image
 from ptmrec import encoders as E
 from ptmrec import tokens as TK
 from ptmrec import offline as O
-from ptmrec.data import Pool, Task
+from ptmrec.data import Task
+from ptmrec.pools import Pool
 from ptmrec.params import EncoderParams, TokensParams
 
 TINY = {"embed_dim": 16,
@@ -336,7 +337,7 @@ def test_clipart_pairs_are_captioned_source_pictures(tmp_path):
     """Pairs of the source role only: no picture a target clip-art task could draw (the pools' pixel-hash split)."""
     import hashlib
 
-    from ptmrec.data import FINGERPRINT_PX, _decode_file, _is_source
+    from ptmrec.pools import FINGERPRINT_PX, decode_file, is_source
     from ptmrec.params import DataParams
 
     if not (O.CLIPART_SVG_DIR.is_dir() and O.CLIPART_DIR.is_dir()):
@@ -346,7 +347,7 @@ def test_clipart_pairs_are_captioned_source_pictures(tmp_path):
     texts = O.clipart_texts()
     for rel, text in zip(pairs.files, pairs.texts):
         assert text == texts[rel].caption() and text
-        small = _decode_file(str(O.CLIPART_DIR / rel), FINGERPRINT_PX)
-        assert _is_source(hashlib.sha1(small.tobytes()).hexdigest())
+        small = decode_file(str(O.CLIPART_DIR / rel), FINGERPRINT_PX)
+        assert is_source(hashlib.sha1(small.tobytes()).hexdigest())
     again = O.clipart_pairs("source", 32, 12, seed=3, data=DataParams(cache_dir=str(tmp_path)))  # from the cache
     assert again.files == pairs.files and np.array_equal(again.images, pairs.images)
