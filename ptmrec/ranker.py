@@ -94,6 +94,32 @@ def load_ranking_data(run: Path, target_method: str, seed: int, model_tokens: st
                        datasets=dict(zip(tasks.task_id, tasks.dataset)))
 
 
+def subsample_tokens(labels: np.ndarray, max_tokens: int, rng: np.random.Generator | None = None) -> np.ndarray:
+    """Indices of at most ``max_tokens`` dataset tokens, class-balanced: int64 [min(M, max_tokens)], sorted.
+
+    ``labels`` [M] is each token's class. Every class keeps ``max_tokens // k`` tokens (the remainder goes
+    to the first classes; a class with fewer keeps all it has and leaves its share to the others), taken
+    evenly spaced within the class, or at random with ``rng`` (training augmentation). The one rule for
+    training, evaluation and ``ptmrec recommend``: no class is ever dropped while it fits.
+    """
+    labels = np.asarray(labels)
+    if len(labels) <= max_tokens:
+        return np.arange(len(labels), dtype=np.int64)
+    members = [np.flatnonzero(labels == c) for c in np.unique(labels)]  # [k] index arrays
+    quota = np.zeros(len(members), np.int64)
+    left = max_tokens
+    while left > 0:  # water-filling: one token per class per round, only to classes that have more
+        open_ = [i for i, m in enumerate(members) if quota[i] < len(m)]
+        for i in open_[:left]:
+            quota[i] += 1
+        left -= min(left, len(open_))
+    keep = []
+    for m, q in zip(members, quota):
+        pick = rng.choice(len(m), q, replace=False) if rng is not None else np.linspace(0, len(m) - 1, q).round()
+        keep.append(m[np.asarray(pick, np.int64)])
+    return np.sort(np.concatenate(keep)).astype(np.int64)
+
+
 def true_ranks(accuracy: np.ndarray) -> np.ndarray:
     """Rank of each model by accuracy [N] -> int [N], 0 = best; ties share the better rank."""
     from scipy.stats import rankdata
