@@ -127,3 +127,24 @@ def timing_table(scores: pd.DataFrame) -> pd.DataFrame:
     fwd = scores.drop_duplicates(["model_id", "task_id"]).forward_seconds
     out.loc["(forward pass)"] = [fwd.median(), fwd.mean(), 1.0]
     return out.sort_values("median_seconds")
+
+
+def saturation(scores: pd.DataFrame) -> pd.DataFrame:
+    """Per stage-05 scorer: how often it sits in a degenerate regime, where its ranking says little.
+
+    ``d_over_n``: share of (model, task) pairs with more feature dimensions than training images (H-score,
+    SFDA and the other covariance-based scorers degenerate there); ``tied``: share of pairs whose score ties
+    another model's on the same task (relative 1e-6); ``constant_tasks``: share of tasks on which every
+    model gets the same score.
+    """
+    rows = []
+    for name, g in scores.groupby("scorer"):
+        tied, constant = 0, 0
+        for _, t in g.groupby("task_id"):
+            v = np.sort(t.score.to_numpy(float))
+            close = np.isclose(v[1:], v[:-1], rtol=1e-6, atol=1e-12)  # [n-1] neighbours equal
+            tied += int(np.sum(np.r_[close, False] | np.r_[False, close]))
+            constant += int(close.all()) if len(v) > 1 else 0
+        rows.append(dict(scorer=name, pairs=len(g), d_over_n=float((g.dim > g.n).mean()) if "dim" in g else np.nan,
+                         tied=tied / len(g), constant_tasks=constant / g.task_id.nunique()))
+    return pd.DataFrame(rows).set_index("scorer")

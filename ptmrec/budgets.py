@@ -244,6 +244,7 @@ def reference_scores(perf: pd.DataFrame, profile: pd.DataFrame, method: str, see
     """
     p = perf.rename(columns={"task_id": "task", "model_id": "model"})
     p = p[p.method == method] if "method" in p.columns else p
+    p = p[p.split == "test"] if "split" in p.columns else p  # the noise run on the same test split as the truth
     main = p[p.seed == seed] if "seed" in p.columns else p
     main = main[main.model.isin(profile.index)]
     rng = np.random.default_rng(seed)
@@ -262,6 +263,27 @@ def budget_regret_devices(predictions: pd.DataFrame, perf: pd.DataFrame, profile
     out = [budget_regret(predictions, perf, profiles[d], {"unconstrained": {}, **budgets}, latency).assign(device=d)
            for d, budgets in by_device.items()]
     return pd.concat(out, ignore_index=True) if out else pd.DataFrame()
+
+
+def top_within_budgets(ranked: pd.DataFrame, profile: pd.DataFrame, budgets: dict[str, dict[str, float | None]],
+                       latency: str = "latency_p50_ms", k: int = 3) -> pd.DataFrame:
+    """The ``k`` best-ranked models that fit each budget: ``apply_budget`` per budget, the budget named in a
+    ``budget`` column and the number that fit in ``fit``."""
+    parts = []
+    for name, b in budgets.items():
+        fits, _ = apply_budget(ranked, profile, b.get("max_latency_ms"), b.get("max_memory_mb"), latency=latency)
+        parts.append(fits.head(k).assign(budget=name, fit=len(fits)))
+    return pd.concat(parts, ignore_index=True) if parts else ranked.iloc[:0]
+
+
+def collapse_seeds(regret: pd.DataFrame) -> pd.DataFrame:
+    """Rows of ``<method>#s<seed>`` (a ranker trained with several seeds) averaged into one ``<method>`` row per
+    budget and device: the expected regret of one training run."""
+    base = regret.method.str.split("#s").str[0]
+    keys = [c for c in ("budget", "device") if c in regret.columns]
+    num = [c for c in regret.columns if c not in ("method", *keys)]
+    merged = regret.assign(method=base).groupby(["method", *keys], sort=False)[num].mean().reset_index()
+    return merged[regret.columns]
 
 
 def compare_latency_models(profile: pd.DataFrame, designs: dict[str, tuple[str, ...]],

@@ -1,109 +1,70 @@
-"""Stage 07: every method on the same held-out tasks, honest by construction.
+"""Stage 07: every method on the same held-out lists, and the tables that judge them.
 
-Leave-datasets-out: one fold per source dataset of the target tasks; the ranker (and the
-``popularity`` reference) learn from the tasks of the other datasets only, so sibling tasks cut
-from one dataset never straddle training and test. Leave-models-out, separately: the zoo is
-also split into ``model_folds``; the ranker trains without the held-out models (and without
-the held-out datasets) and ranks those models from their weights alone. Every method is scored
-by ``ptmrec.metrics`` on exactly the same (task, candidate models) lists.
-
-Methods: the ranker and its ablations, each stage-05 scorer, ``random``, ``popularity`` (mean
-accuracy on the training tasks), ``source_similarity`` (dataset tokens of the model's source
-task against the target's), ``oracle`` (the truth itself) and ``noise_ceiling`` (the second
-ground-truth run as a predictor: what agreement the measurement noise allows).
+``run_protocol`` is what notebook 07 calls: the folds and fitted methods of ``ptmrec.protocol`` (the
+ranker with several seeds and inner-validated hyperparameters, its ablations, leave-models-out with
+refitted autoencoders, the static priors), beside the stage-05 estimators, ``random``,
+``source_similarity``, the ``oracle`` and two noise ceilings (the second ground-truth run on the same
+test split, and on a fresh one). Every method is scored by ``ptmrec.metrics`` on exactly the same
+(task, candidate models) lists, with its wall time per recommendation beside it; ``paired_test`` gives a
+Wilcoxon signed-rank test of the ranker against the best estimator over held-out tasks.
 """
 from __future__ import annotations
 
 import dataclasses
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 import pandas as pd
 
-from .params import RankerParams, TrainParams
-from .ranker import RankingData, fit_ranker, predict
+from . import metrics
+from .params import Params, RankerParams
+from .protocol import (Fold, dataset_folds, make_folds, ranker_predictions, refit_tokens, restrict,
+                       stacking_predictions, static_priors)
+from .ranker import RankingData
 
 ABLATIONS = {  # name -> RankerParams overrides
     "no_model_tokens": dict(model_tokens="ids"),
     "no_dataset_tokens": dict(dataset_tokens=False),
     "raw_vectors": dict(model_tokens="vectors"),
 }
+PRIORS = ("popularity", "popularity_z", "most_params", "imagenet_first")  # static priors of ptmrec.protocol
+REFERENCES = ("oracle", "noise_ceiling", "noise_ceiling_fresh")  # what the truth allows, not methods
 
 
-def dataset_folds(data: RankingData) -> list[tuple[str, list[str], list[str]]]:
-    """(held-out dataset, training task ids, test task ids), one fold per dataset."""
-    names = sorted({data.datasets[t] for t in data.task_ids})
-    if len(names) < 2:
-        raise ValueError(f"leave-datasets-out needs target tasks from at least 2 datasets, got {names}")
-    return [(d, [t for t in data.task_ids if data.datasets[t] != d], [t for t in data.task_ids if data.datasets[t] == d])
-            for d in names]
+def ranker_params(rp: RankerParams, ablation: str) -> RankerParams:
+    if ablation not in ABLATIONS:
+        raise ValueError(f"evaluate.ablations has '{ablation}'; valid: {', '.join(ABLATIONS)}")
+    return dataclasses.replace(rp, **ABLATIONS[ablation])
 
 
-def model_folds(n_models: int, k: int, seed: int) -> list[np.ndarray]:
-    """k disjoint held-out index sets covering all models (seeded)."""
-    k = max(2, min(k, n_models))
-    perm = np.random.default_rng(seed).permutation(n_models)
-    return [np.sort(perm[i::k]) for i in range(k)]
+# ----------------------------------------------------------------------------- fold-free methods
 
 
-def _tidy(pred: pd.DataFrame, method: str, fold: str) -> pd.DataFrame:
-    return pred.assign(method=method, fold=fold)[["method", "fold", "task_id", "model_id", "score", "seconds"]]
+def baseline_predictions(scores: pd.DataFrame) -> pd.DataFrame:
+    """Stage-05 scores as predictions; seconds per recommendation = forward passes + scorer calls over the zoo."""
+    s = scores.assign(method=scores.scorer, fold="all")
+    cost = s.seconds.fillna(0) + s.forward_seconds.fillna(0)
+    per_task = cost.groupby([s.method, s.task_id]).transform("sum")  # one recommendation scores the whole zoo
+    return s.assign(seconds=per_task)[["method", "fold", "task_id", "model_id", "score", "seconds"]]
 
 
-def ranker_folds(data: RankingData, rp: RankerParams, tp: TrainParams, seed: int, method: str = "ranker",
-                 model_k: int = 0, progress: Callable[[Iterable], Iterable] = iter) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Leave-datasets-out predictions of one ranker variant (x leave-models-out when ``model_k``).
+def truth_predictions(data: RankingData, perf: pd.DataFrame, method: str, noise_seed: int) -> pd.DataFrame:
+    """The ``oracle`` (truth as its own prediction) and the noise ceilings: the second ground-truth run
+    (bootstrap training split) tested on the same test split (``noise_ceiling``) and on a fresh one
+    (``noise_ceiling_fresh``)."""
+    from .groundtruth import measured
 
-    Returns (predictions: method, fold, task_id, model_id, score, seconds;
-    training log: one row per trained ranker with epochs, best epoch, validation loss, seconds).
-    """
-    preds, log = [], []
-    mfolds = model_folds(len(data.model_ids), model_k, seed) if model_k else [None]
-    jobs = [(d, tr, te, m, held) for d, tr, te in dataset_folds(data) for m, held in enumerate(mfolds)]
-    for d, train, test, m, held in progress(jobs):
-        train_models = None if held is None else np.setdiff1d(np.arange(len(data.model_ids)), held)
-        t0 = time.perf_counter()
-        model, trainer = fit_ranker(data, train, rp, tp, models=train_models, seed=seed)
-        fold = d if held is None else f"{d}/m{m}"
-        log.append(dict(method=method, fold=fold, epochs=len(trainer.history), best_epoch=trainer.best_epoch,
-                        val_loss=trainer.best_loss, seconds=time.perf_counter() - t0))
-        preds.append(_tidy(predict(model, data, test, held, rp.max_dataset_tokens), method, fold))
-    return pd.concat(preds, ignore_index=True), pd.DataFrame(log)
-
-
-def popularity(data: RankingData, folds: list[tuple[str, list[str], list[str]]]) -> pd.DataFrame:
-    """Mean accuracy of each model over the fold's training tasks, as the score on its test tasks."""
-    rows = []
-    for d, train, test in folds:
-        t0 = time.perf_counter()
-        mean = np.nanmean(data.accuracy[[data.task_ids.index(t) for t in train]], axis=0)  # [N]
-        secs = time.perf_counter() - t0
-        rows += [dict(method="popularity", fold=d, task_id=t, model_id=m, score=float(s), seconds=secs)
-                 for t in test for m, s in zip(data.model_ids, mean)]
-    return pd.DataFrame(rows)
-
-
-def ranking_agreement(data: RankingData, folds: list[tuple[str, list[str], list[str]]]) -> pd.DataFrame:
-    """How much a held-out task's true ranking agrees with rankings measured on other tasks.
-
-    Per test task of each fold (weighted tau between true accuracy vectors [N_models]):
-    ``mean_training`` over the fold's training tasks, ``best_training`` the best of them chosen
-    in hindsight (a ceiling for any method that copies one seen ranking), ``mean_sibling`` over
-    the other tasks cut from the same held-out dataset (what within-dataset learning could reach).
-    """
-    from .metrics import weighted_tau
-
-    rows = []
-    for d, train, test in folds:
-        for t in test:
-            truth = data.accuracy_of(t)
-            taus = [weighted_tau(truth, data.accuracy_of(u)) for u in train]
-            sib = [weighted_tau(truth, data.accuracy_of(u)) for u in test if u != t]
-            rows.append(dict(dataset=d, task_id=t, mean_training=float(np.mean(taus)), best_training=float(np.max(taus)),
-                             mean_sibling=float(np.mean(sib)) if sib else np.nan))
-    return pd.DataFrame(rows)
+    rows = [dict(method="oracle", fold="all", task_id=t, model_id=m, score=float(a), seconds=0.0)
+            for t, accs in zip(data.task_ids, data.accuracy) for m, a in zip(data.model_ids, accs)]
+    parts = [pd.DataFrame(rows)]
+    for split, name in (("test", "noise_ceiling"), ("fresh", "noise_ceiling_fresh")):
+        noise = measured(perf, method, noise_seed, split).rename(columns={"accuracy": "score"})
+        parts.append(noise.assign(method=name, fold="all", seconds=np.nan)[
+            ["method", "fold", "task_id", "model_id", "score", "seconds"]])
+    return pd.concat(parts, ignore_index=True)
 
 
 def source_similarity(data: RankingData, zoo: pd.DataFrame, source_tokens: dict[str, np.ndarray]) -> pd.DataFrame:
@@ -122,8 +83,9 @@ def source_similarity(data: RankingData, zoo: pd.DataFrame, source_tokens: dict[
         sims = np.array([q @ src[source_of[m]] if source_of.get(m) in src else np.nan for m in data.model_ids])
         sims = np.where(np.isnan(sims), np.nanmin(sims) if np.isfinite(sims).any() else 0.0, sims)
         secs = time.perf_counter() - t0
-        rows += [dict(task_id=t, model_id=m, score=float(s), seconds=secs) for m, s in zip(data.model_ids, sims)]
-    return _tidy(pd.DataFrame(rows), "source_similarity", "all")
+        rows += [dict(method="source_similarity", fold="all", task_id=t, model_id=m, score=float(s), seconds=secs)
+                 for m, s in zip(data.model_ids, sims)]
+    return pd.DataFrame(rows)
 
 
 def encoding_seconds(stage04: Path) -> dict[str, float]:
@@ -139,53 +101,203 @@ def encoding_seconds(stage04: Path) -> dict[str, float]:
     return dict(zip(index.task_id, index.n_images / ips))
 
 
-def baseline_predictions(scores: pd.DataFrame) -> pd.DataFrame:
-    """Stage-05 scores as predictions; seconds per recommendation = forward passes + scorer calls over the zoo."""
-    s = scores.assign(method=scores.scorer, fold="all")
-    cost = s.seconds.fillna(0) + s.forward_seconds.fillna(0)
-    per_task = cost.groupby([s.method, s.task_id]).transform("sum")  # one recommendation scores the whole zoo
-    return s.assign(seconds=per_task)[["method", "fold", "task_id", "model_id", "score", "seconds"]]
+def ranking_agreement(data: RankingData) -> pd.DataFrame:
+    """How much a held-out task's true ranking agrees with rankings measured on other tasks.
 
-
-def truth_predictions(data: RankingData, perf: pd.DataFrame, method: str, noise_seed: int) -> pd.DataFrame:
-    """The ``oracle`` (truth as its own prediction) and the ``noise_ceiling`` (a second ground-truth seed)."""
-    rows = [dict(method="oracle", fold="all", task_id=t, model_id=m, score=float(a), seconds=0.0)
-            for t, accs in zip(data.task_ids, data.accuracy) for m, a in zip(data.model_ids, accs)]
-    noise = perf[(perf.method == method) & (perf.seed == noise_seed)]
-    noise = noise.rename(columns={"accuracy": "score"}).assign(method="noise_ceiling", fold="all", seconds=np.nan)
-    return pd.concat([pd.DataFrame(rows), noise[["method", "fold", "task_id", "model_id", "score", "seconds"]]],
-                     ignore_index=True)
-
-
-def restrict(pred: pd.DataFrame, lists: pd.DataFrame) -> pd.DataFrame:
-    """Predictions limited to the (task, model, list) candidate lists of leave-models-out.
-
-    ``lists``: columns task_id, model_id, fold (the model fold that held the model out); the
-    result's fold column names the list, so metrics are computed per list.
+    Per test task of each leave-datasets-out fold (weighted tau between true accuracy vectors [N]):
+    ``mean_training`` over the fold's training tasks, ``best_training`` the best of them chosen in
+    hindsight (a ceiling for any method that copies one seen ranking), ``mean_sibling`` over the other
+    tasks cut from the same held-out dataset (what within-dataset learning could reach).
     """
-    return pred.drop(columns="fold").merge(lists, on=["task_id", "model_id"])
+    rows = []
+    for d, train, test in dataset_folds(data):
+        for t in test:
+            truth = data.accuracy_of(t)
+            taus = [metrics.weighted_tau(truth, data.accuracy_of(u)) for u in train]
+            sib = [metrics.weighted_tau(truth, data.accuracy_of(u)) for u in test if u != t]
+            rows.append(dict(dataset=d, task_id=t, mean_training=float(np.mean(taus)), best_training=float(np.max(taus)),
+                             mean_sibling=float(np.mean(sib)) if sib else np.nan))
+    return pd.DataFrame(rows)
 
 
-def summarize(table: pd.DataFrame, k: int) -> pd.DataFrame:
-    """Mean of every metric per method, plus the number of lists scored; best weighted tau first."""
+# ----------------------------------------------------------------------------- tables
+
+
+def score_lists(pred: pd.DataFrame, truth: pd.DataFrame, k: int) -> pd.DataFrame:
+    """Per (method, fold, task) metrics and seconds per recommendation: one list per task and fold (a fold's
+    candidates are its list)."""
+    table = pd.concat([metrics.score_table(g, truth, k).assign(fold=f) for f, g in pred.groupby("fold", sort=False)],
+                      ignore_index=True)
+    seconds = pred.groupby(["method", "fold", "task_id"], sort=False).seconds.first().reset_index()
+    return table.merge(seconds, on=["method", "fold", "task_id"], how="left")
+
+
+def collapse_seeds(table: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Average the per-list metrics of ``<method>#s<seed>`` rows over seeds into ``<method>``.
+
+    Returns (the table with one row per method and list, the spread: per method and seed the mean of
+    every metric over lists, so its standard deviation across seeds is the seed spread).
+    """
+    base = table.method.str.split("#s").str[0]
+    seeded = table.method.str.contains("#s", regex=False)
+    cols = [c for c in table.columns if c not in ("method", "task_id", "fold", "n_models")]
+    merged = table[seeded].assign(method=base[seeded]).groupby(["method", "fold", "task_id"], sort=False)
+    collapsed = merged.agg({**{c: "mean" for c in cols}, "n_models": "first"}).reset_index()
+    spread = table[seeded].assign(base=base[seeded]).groupby(["base", "method"])[cols].mean().reset_index()
+    return pd.concat([table[~seeded], collapsed], ignore_index=True), spread
+
+
+def summarize(table: pd.DataFrame, spread: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Mean of every metric per method, the number of lists, and for seeded methods the standard deviation
+    of the mean weighted taus across seeds (``*_sd``); best weighted tau first."""
     cols = [c for c in table.columns if c not in ("method", "task_id", "fold", "n_models")]
     out = table.groupby("method")[cols].mean()
     out.insert(0, "lists", table.groupby("method").size())
+    if spread is not None and len(spread):
+        sd = spread.groupby("base")[["weighted_tau", "weighted_tau_gt", "top1_regret"]].std(ddof=1)
+        out = out.join(sd.add_suffix("_sd")).join(spread.groupby("base").size().rename("seeds"))
     return out.sort_values("weighted_tau", ascending=False)
 
 
-def ranker_params(rp: RankerParams, ablation: str) -> RankerParams:
-    if ablation not in ABLATIONS:
-        raise ValueError(f"evaluate.ablations has '{ablation}'; valid: {', '.join(ABLATIONS)}")
-    return dataclasses.replace(rp, **ABLATIONS[ablation])
+def frontier(summary: pd.DataFrame, n_models: int, estimators: Iterable[str], method: str = "ranker") -> pd.DataFrame:
+    """The cost-quality frontier: one row per (method, k) with forward passes, seconds per recommendation, both
+    weighted taus, top-1 regret and tasks. The ranker at k = 0 (tokens only) and with k probed models per
+    policy; each estimator on all N forward passes and restricted to the ranker's top-k probes; stacking."""
+    rows = []
+    for name, r in summary.iterrows():
+        base, _, k = str(name).partition("@")
+        if name == method:
+            kind, k_ = method, 0
+        elif base.startswith(f"{method}+") and k:
+            kind, k_ = base, n_models if k == "all" else int(k)
+        elif base in estimators:
+            kind, k_ = base, n_models if not k or k == "all" else int(k)
+        elif name == "stacking":
+            kind, k_ = "stacking", n_models
+        else:
+            continue
+        rows.append(dict(method=kind, k=k_, forward_passes=k_, seconds=r.seconds, weighted_tau=r.weighted_tau,
+                         weighted_tau_gt=r.weighted_tau_gt, top1_regret=r.top1_regret, n_tasks=int(r.lists)))
+    return pd.DataFrame(rows).drop_duplicates(["method", "k"]).sort_values(["method", "k"]).reset_index(drop=True)
 
 
-def write_latex_table(summary: pd.DataFrame, path: Path) -> None:
-    """The headline columns of ``summary`` (methods x metrics) as a booktabs tabular for the thesis."""
-    from .paths import write_text
-    from .report import latex_table
+def best_estimator(summary: pd.DataFrame, estimators: Iterable[str]) -> str:
+    """The stage-05 estimator with the highest mean weighted tau in ``summary`` (``random`` excluded)."""
+    names = [m for m in estimators if m in summary.index and m != "random"]
+    return str(summary.loc[names, "weighted_tau"].idxmax())
 
-    cols = [c for c in ("weighted_tau", "weighted_tau_gt", "kendall", "spearman", "top1_regret") if c in summary]
-    cols += [c for c in summary.columns if c.startswith(("top", "ndcg")) and c not in cols]
-    cols += [c for c in ("seconds",) if c in summary]
-    write_text(path, latex_table(summary[cols].reset_index().rename(columns={"index": "method"})))
+
+def paired_test(table: pd.DataFrame, a: str, b: str, metric: str = "weighted_tau") -> dict[str, Any]:
+    """Wilcoxon signed-rank test (two-sided) of ``a`` against ``b`` on ``metric`` over the lists both scored.
+
+    Returns n, the mean of a, of b and of the paired difference, the statistic and the p-value.
+    """
+    from scipy.stats import wilcoxon
+
+    wide = table[table.method.isin([a, b])].pivot_table(index=["fold", "task_id"], columns="method", values=metric)
+    wide = wide.dropna()
+    diff = wide[a] - wide[b]
+    stat, p = (wilcoxon(wide[a], wide[b]) if (diff != 0).any() else (np.nan, 1.0))
+    return dict(a=a, b=b, metric=metric, n=int(len(wide)), mean_a=float(wide[a].mean()),
+                mean_b=float(wide[b].mean()), mean_diff=float(diff.mean()), statistic=float(stat), p_value=float(p))
+
+
+# ----------------------------------------------------------------------------- the protocol
+
+
+@dataclass
+class Evaluation:
+    """Everything notebook 07 shows and writes; ``ldo`` / ``lmo`` are per-method summaries."""
+
+    predictions: pd.DataFrame  # method, fold, task_id, model_id, score, seconds (every list of both kinds)
+    per_task: pd.DataFrame  # leave-datasets-out: per method and held-out task, every metric (seeds averaged)
+    ldo: pd.DataFrame
+    lmo_per_list: pd.DataFrame
+    lmo: pd.DataFrame
+    training: pd.DataFrame  # one row per trained ranker
+    seeds: pd.DataFrame  # per seeded method and seed: mean metrics
+    tests: dict[str, Any] = field(default_factory=dict)  # paired tests and the best estimator
+    folds: dict[str, list[Fold]] = field(default_factory=dict)
+
+
+def learned_predictions(data: RankingData, P: Params, variants: dict[str, RankingData], zoo: pd.DataFrame,
+                        vectors: np.ndarray | None, out_dir: Path,
+                        progress: Callable[[Iterable], Iterable] = iter) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    """The ranker (seeds x inner-validated hyperparameters), each ablation (first seed, no choice) on the
+    leave-datasets-out folds, and the ranker on the leave-models-out folds with refitted tokens."""
+    E, seeds = P.evaluate, [P.run.seed + i for i in range(P.evaluate.seeds)]
+    ldo = make_folds(data)
+    preds, log = ranker_predictions(data, ldo, P.ranker, P.train, seeds, grid=E.inner_grid, inner_k=E.inner_folds,
+                                    ks=E.probe_ks, progress=progress)
+    parts, logs = [preds], [log]
+    if data.evidence is not None:
+        parts.append(stacking_predictions(data, ldo))
+    for ab in E.ablations:
+        rp = ranker_params(P.ranker, ab)
+        pred, lg = ranker_predictions(variants[rp.model_tokens], ldo, rp, P.train, seeds[:1], method=f"ranker:{ab}",
+                                      progress=progress)
+        parts.append(pred)
+        logs.append(lg)
+    folds = {"leave_datasets_out": ldo}
+    if E.model_folds and vectors is not None:
+        lmo = make_folds(data, zoo, E.model_folds, P.run.seed)
+        cache: dict[str, np.ndarray] = {}
+
+        def tokens_of(fold: Fold) -> np.ndarray:  # one autoencoder per model fold, shared by its dataset folds
+            key = fold.name.split("/")[-1]
+            if key not in cache:
+                cache[key] = refit_tokens(vectors, data, fold.train_models, P.autoencoder, P.train, P.run.seed,
+                                          out_dir / "autoencoders" / key)
+            return cache[key]
+
+        pred, lg = ranker_predictions(data, lmo, P.ranker, P.train, seeds, tokens_of=tokens_of, ks=E.probe_ks,
+                                      progress=progress)
+        parts.append(pred)
+        logs.append(lg.assign(kind="leave_models_out"))
+        folds["leave_models_out"] = lmo
+    return pd.concat(parts, ignore_index=True), pd.concat(logs, ignore_index=True), folds
+
+
+def judge(pred: pd.DataFrame, folds: dict[str, list[Fold]], model_ids: list[str], truth: pd.DataFrame,
+          estimators: list[str], k: int) -> dict[str, Any]:
+    """Score every method on the lists of both fold kinds; summaries, seed spread and paired tests.
+
+    ``pred``: every prediction, already cut to the folds' lists (its ``fold`` names the list's fold).
+    """
+    out: dict[str, Any] = {}
+    for kind, fs in folds.items():
+        table = score_lists(pred[pred.fold.isin({f.name for f in fs})], truth, k)
+        table, spread = collapse_seeds(table)
+        out[kind] = (table, summarize(table, spread), spread)
+    table, summary, spread = out["leave_datasets_out"]
+    best = best_estimator(summary, estimators)
+    tests = {"best_estimator": best, "ranker_vs_best_estimator": paired_test(table, "ranker", best),
+             "ranker_vs_best_estimator_gt": paired_test(table, "ranker", best, "weighted_tau_gt")}
+    if "leave_models_out" in out and "logme" in set(out["leave_models_out"][0].method):
+        tests["lmo_ranker_vs_logme"] = paired_test(out["leave_models_out"][0], "ranker", "logme")
+    return dict(out=out, tests=tests)
+
+
+def run_protocol(data: RankingData, P: Params, zoo: pd.DataFrame, scores05: pd.DataFrame, perf: pd.DataFrame,
+                 fixed: pd.DataFrame, variants: dict[str, RankingData], vectors: np.ndarray | None, out_dir: Path,
+                 encode_seconds: dict[str, float] | None = None,
+                 progress: Callable[[Iterable], Iterable] = iter) -> Evaluation:
+    """Stage 07 end to end (see the module docstring).
+
+    ``fixed``: fold-free predictions besides the estimators (``source_similarity``, ``random`` and the truth
+    references), scored on every task x model; ``variants``: RankingData per model-token kind the ablations
+    need; ``vectors`` [N, input_dim]: stage-02 vectors in ``data.model_ids`` order (None: no leave-models-out).
+    """
+    from .groundtruth import measured
+
+    pred, training, folds = learned_predictions(data, P, variants, zoo, vectors, out_dir, progress)
+    pred = pred.assign(seconds=pred.seconds + pred.task_id.map(encode_seconds or {}).fillna(0.0))
+    every_fold = [f for fs in folds.values() for f in fs]
+    others = pd.concat([baseline_predictions(scores05), fixed], ignore_index=True)
+    every = pd.concat([pred, static_priors(data, zoo, every_fold), restrict(others, every_fold, data.model_ids)],
+                      ignore_index=True).astype({"score": float})
+    truth = measured(perf, P.groundtruth.target_method, P.run.seed)
+    j = judge(every, folds, data.model_ids, truth, sorted(set(scores05.scorer) - {"random"}), P.evaluate.top_k)
+    ldo_table, ldo, spread = j["out"]["leave_datasets_out"]
+    lmo_table, lmo, _ = j["out"].get("leave_models_out", (pd.DataFrame(), pd.DataFrame(), None))
+    return Evaluation(every, ldo_table, ldo, lmo_table, lmo, training, spread, j["tests"], folds)

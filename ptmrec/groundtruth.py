@@ -14,8 +14,11 @@ Two transfer methods, each with a fixed schedule (``performance.csv`` names the 
 
 The noise ceiling: the same measurement with ``noise_seed``, where the training split is a
 class-stratified bootstrap resample (and, for fine-tuning, the head init and batch order
-change too). Kendall tau between the two runs, per task, is the best agreement any ranking
-method can hope for.
+change too), tested twice: on the same test split (``split == "test"``) and on a fresh test
+split of other images of the same classes (``split == "fresh"``, ``Task.fresh_idx``). Kendall
+tau between the two runs, per task, is the best agreement any ranking method can hope for;
+the fresh split also counts the test images' own sampling noise, so it is the less optimistic
+ceiling. ``performance.csv`` names the split of every row; read it with ``measured``.
 """
 from __future__ import annotations
 
@@ -109,40 +112,53 @@ def bootstrap(y: np.ndarray, seed: int) -> np.ndarray:
     return np.concatenate([rng.choice(np.flatnonzero(y == c), size=(y == c).sum()) for c in np.unique(y)])
 
 
+def measured(perf: pd.DataFrame, method: str, seed: int, split: str = "test") -> pd.DataFrame:
+    """The rows of ``performance.csv`` measured by ``method`` with ``seed`` on test ``split`` ("test" | "fresh")."""
+    splits = perf.split if "split" in perf.columns else pd.Series("test", index=perf.index)
+    return perf[(perf.method == method) & (perf.seed == seed) & (splits == split)]
+
+
+def _measurements(task, seed: int, gp: GroundTruthParams, has_fresh: bool) -> list[tuple[str, int, str]]:
+    """(method, seed, test split) of every measurement of one task: the main run on every method, and the
+    noise run (bootstrap training split) of the ranked method on the same and, where the task has one,
+    on a fresh test split."""
+    todo = [(m, seed, "test") for m in gp.methods]
+    if gp.noise_seed != seed:
+        todo += [(gp.target_method, gp.noise_seed, s) for s in ("test", "fresh") if s == "test" or has_fresh]
+    return todo
+
+
 def evaluate_model(model_ref: str | Path, pools: dict, tasks: list, gp: GroundTruthParams,
                    seed: int) -> pd.DataFrame:
-    """Every method and seed of ``gp`` for one model on every task: one row per measurement."""
+    """Every method, seed and test split of ``gp`` for one model on every task: one row per measurement."""
     from .data import task_arrays
     from .zoo import embed_images, load_model
 
     model, cfg = load_model(model_ref)
     rows = []
-    seeds = [seed] + ([gp.noise_seed] if gp.noise_seed != seed else [])
     tuned = finetune_subset(tasks, gp.finetune_tasks)
     for task in tasks:
         pool = pools[task.dataset]
         xtr, ytr = task_arrays(pool, task, "train")
-        xte, yte = task_arrays(pool, task, "test")
+        tests = {s: task_arrays(pool, task, s) for s in ("test", "fresh")}
         t0 = time.perf_counter()
         ftr = embed_images(model, xtr, cfg["image_size"], gp.batch_size)  # [n, D]
-        fte = embed_images(model, xte, cfg["image_size"], gp.batch_size)  # [m, D]
+        feats = {s: embed_images(model, x, cfg["image_size"], gp.batch_size) for s, (x, _) in tests.items()}  # [m, D]
         t_embed = time.perf_counter() - t0
-        for s in seeds:
+        for method, s, split in _measurements(task, seed, gp, len(tests["fresh"][1]) > 0):
+            if method == "finetune" and task.task_id not in tuned:
+                continue
             idx = np.arange(len(ytr)) if s == seed else bootstrap(ytr, s)
-            for method in gp.methods:
-                if s != seed and method != gp.target_method:
-                    continue  # the noise ceiling is measured for the ranked method only
-                if method == "finetune" and task.task_id not in tuned:
-                    continue
-                t0 = time.perf_counter()
-                if method == "linear_probe":
-                    acc = linear_probe(ftr[idx], ytr[idx], fte, yte, gp.probe_l2, gp.probe_steps)
-                    secs = time.perf_counter() - t0 + t_embed
-                else:
-                    acc = finetune(model, xtr[idx], ytr[idx], xte, yte, cfg["image_size"], gp, s)
-                    secs = time.perf_counter() - t0
-                rows.append(dict(model_id=cfg["model_id"], task_id=task.task_id, method=method, seed=s,
-                                 accuracy=acc, chance=1.0 / len(task.classes), seconds=round(secs, 4)))
+            (xte, yte), fte = tests[split], feats[split]
+            t0 = time.perf_counter()
+            if method == "linear_probe":
+                acc = linear_probe(ftr[idx], ytr[idx], fte, yte, gp.probe_l2, gp.probe_steps)
+                secs = time.perf_counter() - t0 + t_embed
+            else:
+                acc = finetune(model, xtr[idx], ytr[idx], xte, yte, cfg["image_size"], gp, s)
+                secs = time.perf_counter() - t0
+            rows.append(dict(model_id=cfg["model_id"], task_id=task.task_id, method=method, seed=s, split=split,
+                             accuracy=acc, chance=1.0 / len(task.classes), seconds=round(secs, 4)))
     return pd.DataFrame(rows)
 
 
@@ -167,17 +183,19 @@ def run_groundtruth(zoo_index: pd.DataFrame, zoo_dir: Path, pools: dict, tasks: 
 
 
 def noise_ceiling(perf: pd.DataFrame, method: str, seed: int, noise_seed: int) -> pd.DataFrame:
-    """Per task: Kendall tau and weighted tau between the model rankings of two ground-truth runs."""
+    """Per task and noise test split: Kendall tau and weighted tau between the model rankings of the main
+    run and the noise run (same test split, and fresh test split where measured)."""
     from scipy.stats import kendalltau, weightedtau
 
-    sub = perf[perf.method == method]
-    wide = sub.pivot_table(index=["task_id", "model_id"], columns="seed", values="accuracy").dropna()
+    main = measured(perf, method, seed).set_index(["task_id", "model_id"]).accuracy
     rows = []
-    for task_id, g in wide.groupby(level=0):
-        a, b = g[seed].to_numpy(), g[noise_seed].to_numpy()
-        rows.append(dict(task_id=task_id, kendall_tau=kendalltau(a, b).statistic,
-                         weighted_tau=weightedtau(a, b).statistic))
-    return pd.DataFrame(rows)
+    for split in ("test", "fresh"):
+        noise = measured(perf, method, noise_seed, split).set_index(["task_id", "model_id"]).accuracy
+        both = pd.concat([main.rename("a"), noise.rename("b")], axis=1).dropna()
+        for task_id, g in both.groupby(level=0):
+            rows.append(dict(task_id=task_id, split=split, kendall_tau=kendalltau(g.a, g.b).statistic,
+                             weighted_tau=weightedtau(g.a, g.b).statistic))
+    return pd.DataFrame(rows, columns=["task_id", "split", "kendall_tau", "weighted_tau"])
 
 
 def spread(perf: pd.DataFrame) -> pd.DataFrame:

@@ -86,3 +86,77 @@ def heatmap(table: pd.DataFrame, title: str = "", cmap: str = "viridis", height_
     ax.tick_params(labelsize=5)
     ax.set_title(title)
     return fig
+
+
+def method_kind(methods: pd.Index | list[str], estimators: set[str]) -> np.ndarray:
+    """'ranker' (the ranker and its ablations), 'estimator' (a stage-05 scorer), 'prior' or 'reference'."""
+    priors = {"popularity", "popularity_z", "most_params", "imagenet_first"}
+    return np.array(["ranker" if m.startswith("ranker") else "estimator" if m in estimators - {"random"} else
+                     "prior" if m in priors else "reference" for m in methods])
+
+
+KIND_COLOURS = {"ranker": "C3", "estimator": "C0", "prior": "C2", "reference": "C7"}
+
+
+def method_boxes(per_task: pd.DataFrame, order: list[str], metric: str = "weighted_tau", height_in: float = 4.0):
+    """One box per method of ``metric`` over held-out tasks, methods in ``order`` (best first)."""
+    import seaborn as sns
+
+    fig, ax = figure(height_in)
+    sns.boxplot(per_task, y="method", x=metric, order=order, ax=ax, fliersize=1, linewidth=0.6)
+    ax.axvline(0, color="grey", lw=0.6)
+    ax.tick_params(axis="y", labelsize=6)
+    return fig
+
+
+def method_bars(values: pd.Series, xlabel: str, estimators: set[str], err: pd.Series | None = None,
+                height_in: float = 3.6):
+    """Horizontal bars of one number per method (sorted ascending), coloured by kind, with optional error bars."""
+    values = values.sort_values()
+    fig, ax = figure(height_in)
+    colours = [KIND_COLOURS[k] for k in method_kind(values.index, estimators)]
+    ax.barh(values.index, values.to_numpy(), color=colours,
+            xerr=None if err is None else err.reindex(values.index).fillna(0).to_numpy())
+    ax.set_xlabel(xlabel)
+    ax.tick_params(axis="y", labelsize=6)
+    return fig
+
+
+def cost_quality(summary: pd.DataFrame, estimators: set[str], height_in: float = 3.2):
+    """Mean weighted tau against seconds per recommendation (log scale), one labelled point per method."""
+    pts = summary[summary.seconds > 0]
+    fig, ax = figure(height_in)
+    kinds = method_kind(pts.index, estimators)
+    for k, colour in KIND_COLOURS.items():
+        m = kinds == k
+        if m.any():
+            ax.scatter(pts.seconds[m], pts.weighted_tau[m], s=12, color=colour, label=k)
+    ax.set_xscale("log")
+    ax.set_xlabel("seconds per recommendation")
+    ax.set_ylabel("mean weighted tau")
+    ax.legend(loc="upper center", fontsize=6)
+    label_points(ax, pts.seconds.to_numpy(), pts.weighted_tau.to_numpy(), pts.index.tolist())
+    return fig
+
+
+def frontier(front: pd.DataFrame, estimators: set[str], height_in: float = 3.4):
+    """Quality against cost of the frontier table (``evaluate.frontier``): a line per probed ranker over k,
+    a point per estimator on every model, dashed lines for estimators restricted to k probes."""
+    fig, ax = figure(height_in)
+    for name, g in front.groupby("method"):
+        g = g.sort_values("seconds")
+        if name.startswith("ranker"):
+            ax.plot(g.seconds, g.weighted_tau, marker="o", ms=3, lw=1.2, label=name, color=KIND_COLOURS["ranker"]
+                    if "top" in name else "C1")
+        elif len(g) > 1:
+            ax.plot(g.seconds, g.weighted_tau, ls="--", lw=0.6, alpha=0.6, color=KIND_COLOURS["estimator"])
+            ax.annotate(name, (g.seconds.iloc[-1], g.weighted_tau.iloc[-1]), fontsize=5)
+        else:
+            colour = KIND_COLOURS["estimator"] if name in estimators else KIND_COLOURS["reference"]
+            ax.scatter(g.seconds, g.weighted_tau, s=10, color=colour)
+            ax.annotate(name, (g.seconds.iloc[0], g.weighted_tau.iloc[0]), fontsize=5)
+    ax.set_xscale("log")
+    ax.set_xlabel("seconds per recommendation")
+    ax.set_ylabel("mean weighted tau")
+    ax.legend(fontsize=6, loc="lower right")
+    return fig

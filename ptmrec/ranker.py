@@ -24,7 +24,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -54,9 +54,17 @@ class RankingData:
     dataset_tokens: dict[str, np.ndarray]  # task_id -> float32 [M, D_d]
     accuracy: np.ndarray  # float [T, N_models]; NaN where not measured
     datasets: dict[str, str]  # task_id -> source dataset name (for leave-datasets-out folds)
+    dataset_labels: dict[str, np.ndarray] = field(default_factory=dict)  # task_id -> class of each token [M]
+    evidence: np.ndarray | None = None  # float32 [T, N_models, F]: estimator scores of a forward pass; NaN = none
+    evidence_names: list[str] = field(default_factory=list)  # [F] the estimators behind the evidence columns
+    probe_seconds: np.ndarray | None = None  # float [T, N_models]: forward pass + those estimators, per model
 
     def accuracy_of(self, task_id: str) -> np.ndarray:
         return self.accuracy[self.task_ids.index(task_id)]
+
+    def labels_of(self, task_id: str) -> np.ndarray:
+        """The class of each dataset token of ``task_id`` [M] (one class for all when unknown)."""
+        return self.dataset_labels.get(task_id, np.zeros(len(self.dataset_tokens[task_id]), np.int64))
 
 
 def model_token_table(run: Path, kind: str) -> tuple[list[str], np.ndarray]:
@@ -76,22 +84,23 @@ def model_token_table(run: Path, kind: str) -> tuple[list[str], np.ndarray]:
 
 def load_ranking_data(run: Path, target_method: str, seed: int, model_tokens: str = "autoencoder") -> RankingData:
     """Read stages 00-04 of ``run`` into a RankingData (models with tokens and ground truth only)."""
-    from .tokens import load_dataset_tokens
+    from .groundtruth import measured
+    from .tokens import read_token_shards
 
     run = Path(run)
     ids, tokens = model_token_table(run, model_tokens)
-    perf = pd.read_csv(run / "01_groundtruth" / "performance.csv")
-    perf = perf[(perf.method == target_method) & (perf.seed == seed)]
+    perf = measured(pd.read_csv(run / "01_groundtruth" / "performance.csv"), target_method, seed)
     acc = perf.pivot_table(index="task_id", columns="model_id", values="accuracy")
     keep = [k for k, m in enumerate(ids) if m in acc.columns]
     ids = [ids[k] for k in keep]
     tasks = pd.read_csv(run / "00_zoo_and_tasks" / "tasks" / "index.csv")
-    dtok = load_dataset_tokens(run / "04_dataset_tokens")
-    task_ids = [t for t in tasks.task_id if t in acc.index and t in dtok]
+    shards = read_token_shards(run / "04_dataset_tokens")
+    task_ids = [t for t in tasks.task_id if t in acc.index and t in shards]
     return RankingData(model_ids=ids, model_tokens=tokens[keep], task_ids=task_ids,
-                       dataset_tokens={t: np.asarray(dtok[t], np.float32) for t in task_ids},
+                       dataset_tokens={t: shards[t]["tokens"] for t in task_ids},
                        accuracy=acc.loc[task_ids, ids].to_numpy(float),
-                       datasets=dict(zip(tasks.task_id, tasks.dataset)))
+                       datasets=dict(zip(tasks.task_id, tasks.dataset)),
+                       dataset_labels={t: shards[t]["labels"] for t in task_ids})
 
 
 def subsample_tokens(labels: np.ndarray, max_tokens: int, rng: np.random.Generator | None = None) -> np.ndarray:
@@ -120,6 +129,32 @@ def subsample_tokens(labels: np.ndarray, max_tokens: int, rng: np.random.Generat
     return np.sort(np.concatenate(keep)).astype(np.int64)
 
 
+def probe_mask(n: int, rng: np.random.Generator) -> np.ndarray:
+    """A random probed set for training, bool [n]: none (1/4 of draws), all (1/4), or k ~ U{1..n-1} random models,
+    so that one ranker learns to serve any number of probed models."""
+    u = rng.random()
+    k = 0 if u < 0.25 else n if u < 0.5 else int(rng.integers(1, max(n, 2)))
+    mask = np.zeros(n, bool)
+    mask[rng.choice(n, min(k, n), replace=False)] = True
+    return mask
+
+
+def standardize_evidence(raw: np.ndarray, probed: np.ndarray) -> np.ndarray:
+    """Estimator scores [N, F] -> float32 [N, F] z-scored within the task over the probed models only.
+
+    Unprobed models, a missing score (NaN) and a task with fewer than two probed models give 0: only what
+    the k forward passes of a recommendation can know enters, on a scale that does not depend on the task.
+    """
+    out = np.zeros(raw.shape, np.float32)
+    if probed.sum() < 2:
+        return out
+    x = raw[probed].astype(np.float64)  # [k, F]
+    mu, sd = np.nanmean(x, 0), np.nanstd(x, 0)
+    z = np.where(np.isfinite(x), (x - mu) / np.where(sd > 1e-12, sd, 1.0), 0.0)
+    out[probed] = np.clip(z, -5, 5)
+    return out
+
+
 def true_ranks(accuracy: np.ndarray) -> np.ndarray:
     """Rank of each model by accuracy [N] -> int [N], 0 = best; ties share the better rank."""
     from scipy.stats import rankdata
@@ -131,17 +166,19 @@ class CombinedSimilarityDataset(Dataset):
     """One item per task: its dataset tokens, the candidate models' tokens and their true ranks.
 
     ``models`` (indices into ``data.model_ids``) are the candidates: all of them, or a subset
-    in leave-models-out. ``max_tokens`` caps the dataset tokens per task; with ``sample=True``
-    (training) a fresh random subset is drawn every time an item is read, a cheap augmentation
-    when there are only tens of tasks; otherwise the first ``max_tokens`` (a fixed subset).
+    in leave-models-out. ``max_tokens`` caps the dataset tokens per task with ``subsample_tokens``
+    (class-balanced); with ``sample=True`` (training) a fresh random subset is drawn every time an
+    item is read, a cheap augmentation; otherwise the evenly spaced one that ``recommend`` uses too.
     """
 
     def __init__(self, data: RankingData, task_ids: list[str], models: np.ndarray | None = None,
-                 split: str = "train", max_tokens: int = 64, sample: bool = False, seed: int = 0):
+                 split: str = "train", max_tokens: int = 64, sample: bool = False, seed: int = 0,
+                 probed: dict[str, np.ndarray] | None = None):
         self.data, self.task_ids, self.split = data, list(task_ids), split
         self.models = np.arange(len(data.model_ids)) if models is None else np.asarray(models)
         self.max_tokens, self.sample = max_tokens, sample
         self.rng = np.random.default_rng(seed)
+        self.probed = probed  # task_id -> bool [N] over ``models``: which were run on the task (evidence)
 
     def __len__(self) -> int:
         return len(self.task_ids)
@@ -149,15 +186,19 @@ class CombinedSimilarityDataset(Dataset):
     def __getitem__(self, i: int) -> dict[str, Any]:
         t = self.task_ids[i]
         tokens = self.data.dataset_tokens[t]  # [M, D_d]
-        if len(tokens) > self.max_tokens:
-            keep = (self.rng.choice(len(tokens), self.max_tokens, replace=False) if self.sample
-                    else np.linspace(0, len(tokens) - 1, self.max_tokens).round().astype(int))
-            tokens = tokens[np.sort(keep)]
+        tokens = tokens[subsample_tokens(self.data.labels_of(t), self.max_tokens, self.rng if self.sample else None)]
         acc = self.data.accuracy_of(t)[self.models]  # [N]
-        return dict(dataset_tokens=torch.from_numpy(tokens), model_tokens=torch.from_numpy(self.data.model_tokens[self.models]),
+        item = dict(dataset_tokens=torch.from_numpy(tokens), model_tokens=torch.from_numpy(self.data.model_tokens[self.models]),
                     true_scores=torch.from_numpy(acc.astype(np.float32)), true_ranks=torch.from_numpy(true_ranks(acc)),
                     model_names=[self.data.model_ids[k] for k in self.models], dataset_name=t,
                     model_indices=torch.from_numpy(self.models.astype(np.int64)), dataset_split=self.split)
+        if self.data.evidence is not None:
+            raw = self.data.evidence[self.data.task_ids.index(t)][self.models]  # [N, F]
+            probed = self.probed.get(t) if self.probed is not None else None
+            if probed is None:  # training: a random number of random models probed (see probe_mask)
+                probed = probe_mask(len(self.models), self.rng) if self.sample else np.zeros(len(self.models), bool)
+            item.update(evidence=torch.from_numpy(standardize_evidence(raw, probed)), probed=torch.from_numpy(probed))
+        return item
 
 
 def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
@@ -170,18 +211,22 @@ def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
         k = len(it["dataset_tokens"])
         tokens[b, :k], mask[b, :k] = it["dataset_tokens"], False
     stack = lambda key: torch.stack([it[key] for it in items])  # noqa: E731
-    return dict(dataset_tokens=tokens, dataset_mask=mask, model_tokens=stack("model_tokens"),
-                true_ranks=stack("true_ranks"), true_scores=stack("true_scores"),
-                model_names=[it["model_names"] for it in items], dataset_names=[it["dataset_name"] for it in items],
-                model_indices=stack("model_indices"), dataset_splits=[it["dataset_split"] for it in items],
-                batch_size=len(items))
+    out = dict(dataset_tokens=tokens, dataset_mask=mask, model_tokens=stack("model_tokens"),
+               true_ranks=stack("true_ranks"), true_scores=stack("true_scores"),
+               model_names=[it["model_names"] for it in items], dataset_names=[it["dataset_name"] for it in items],
+               model_indices=stack("model_indices"), dataset_splits=[it["dataset_split"] for it in items],
+               batch_size=len(items))
+    if "evidence" in items[0]:
+        out.update(evidence=stack("evidence"), probed=stack("probed"))
+    return out
 
 
 def build_combined_similarity_loader(data: RankingData, task_ids: list[str], models: np.ndarray | None = None,
                                      split: str = "train", batch_size: int = 16, shuffle: bool = False,
-                                     max_tokens: int = 64, sample: bool = False, seed: int = 0) -> DataLoader:
+                                     max_tokens: int = 64, sample: bool = False, seed: int = 0,
+                                     probed: dict[str, np.ndarray] | None = None) -> DataLoader:
     """A DataLoader of CombinedSimilarityDataset batches (see the module docstring for the keys)."""
-    ds = CombinedSimilarityDataset(data, task_ids, models, split, max_tokens, sample, seed)
+    ds = CombinedSimilarityDataset(data, task_ids, models, split, max_tokens, sample, seed, probed)
     gen = torch.Generator().manual_seed(seed)
     return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, collate_fn=collate, generator=gen)
 
@@ -203,11 +248,13 @@ class RankerConfig:
     dropout: float = 0.1
     model_tokens: str = "autoencoder"  # autoencoder | vectors | ids
     dataset_tokens: bool = True
+    evidence_dim: int = 0  # F: estimator features of probed models (0 = none)
 
     @classmethod
-    def from_params(cls, rp: RankerParams, model_dim: int, dataset_dim: int, n_models: int) -> "RankerConfig":
+    def from_params(cls, rp: RankerParams, model_dim: int, dataset_dim: int, n_models: int,
+                    evidence_dim: int = 0) -> "RankerConfig":
         keys = {f.name for f in dataclasses.fields(cls)}
-        return cls(model_dim=model_dim, dataset_dim=dataset_dim, n_models=n_models,
+        return cls(model_dim=model_dim, dataset_dim=dataset_dim, n_models=n_models, evidence_dim=evidence_dim,
                    **{k: v for k, v in dataclasses.asdict(rp).items() if k in keys})
 
 
@@ -221,15 +268,21 @@ class _Inputs(nn.Module):
                          else nn.Sequential(nn.LayerNorm(cfg.model_dim), nn.Linear(cfg.model_dim, d)))
         self.data_in = nn.Sequential(nn.LayerNorm(cfg.dataset_dim), nn.Linear(cfg.dataset_dim, d))
         self.null = nn.Parameter(torch.zeros(1, 1, d))  # the dataset "token" when dataset tokens are off
+        if cfg.evidence_dim:  # what a forward pass on the target says about a probed model, added to its token
+            self.evidence_in = nn.Linear(cfg.evidence_dim, d)
+            self.probed_flag = nn.Parameter(torch.zeros(d))
         layer = nn.TransformerEncoderLayer(d, cfg.heads, 2 * d, cfg.dropout, batch_first=True, norm_first=True)
         self.encoder = nn.TransformerEncoder(layer, cfg.layers, enable_nested_tensor=False)
         self.cfg = cfg
 
-    def models(self, model_tokens: torch.Tensor, model_indices: torch.Tensor | None) -> torch.Tensor:
-        """[B, N, D_m] tokens (or [B, N] ids) -> [B, N, d]."""
-        if self.cfg.model_tokens == "ids":
-            return self.model_in(model_indices)
-        return self.model_in(model_tokens)
+    def models(self, model_tokens: torch.Tensor, model_indices: torch.Tensor | None,
+               evidence: torch.Tensor | None = None, probed: torch.Tensor | None = None) -> torch.Tensor:
+        """[B, N, D_m] tokens (or [B, N] ids), evidence [B, N, F] of the ``probed`` [B, N] models -> [B, N, d]."""
+        h = self.model_in(model_indices) if self.cfg.model_tokens == "ids" else self.model_in(model_tokens)
+        if self.cfg.evidence_dim and evidence is not None and probed is not None:
+            on = probed.unsqueeze(-1).to(h.dtype)  # [B, N, 1]: unprobed models get nothing added
+            h = h + on * (self.evidence_in(evidence) + self.probed_flag)
+        return h
 
     def dataset(self, dataset_tokens: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """[B, M, D_d] -> encoded memory [B, M, d] and its padding mask (or the null token)."""
@@ -250,10 +303,11 @@ class RankingCrossAttentionTransformer(nn.Module):
         self.head = nn.Sequential(nn.LayerNorm(d), nn.Linear(d, 1))
 
     def forward(self, model_tokens: torch.Tensor, dataset_tokens: torch.Tensor, dataset_mask: torch.Tensor | None = None,
-                model_indices: torch.Tensor | None = None) -> torch.Tensor:
+                model_indices: torch.Tensor | None = None, evidence: torch.Tensor | None = None,
+                probed: torch.Tensor | None = None) -> torch.Tensor:
         """-> scores [B, N], higher = predicted to transfer better."""
         memory, mask = self.inputs.dataset(dataset_tokens, dataset_mask)  # [B, M, d]
-        tgt = self.inputs.models(model_tokens, model_indices)  # [B, N, d]
+        tgt = self.inputs.models(model_tokens, model_indices, evidence, probed)  # [B, N, d]
         out = self.decoder(tgt, memory, memory_key_padding_mask=mask)  # [B, N, d]
         return self.head(out).squeeze(-1)
 
@@ -262,24 +316,26 @@ class CustomSimilarityTransformer(nn.Module):
     """The pooled, encoded dataset queries the models with multi-head cross-attention.
 
     The attention weights (averaged over heads) are a distribution over the N models; their
-    logarithm is the score, so the softmax of the scores is that distribution.
+    logarithm is the score, so the softmax of the scores is that distribution. The attention has
+    no dropout: dropped weights would make the training scores logs of randomly zeroed probabilities.
     """
 
     def __init__(self, cfg: RankerConfig):
         super().__init__()
         self.cfg = cfg
         self.inputs = _Inputs(cfg)
-        self.attn = nn.MultiheadAttention(cfg.d_model, cfg.heads, dropout=cfg.dropout, batch_first=True)
+        self.attn = nn.MultiheadAttention(cfg.d_model, cfg.heads, dropout=0.0, batch_first=True)
 
     def forward(self, model_tokens: torch.Tensor, dataset_tokens: torch.Tensor, dataset_mask: torch.Tensor | None = None,
-                model_indices: torch.Tensor | None = None) -> torch.Tensor:
+                model_indices: torch.Tensor | None = None, evidence: torch.Tensor | None = None,
+                probed: torch.Tensor | None = None) -> torch.Tensor:
         memory, mask = self.inputs.dataset(dataset_tokens, dataset_mask)  # [B, M, d]
         if mask is None:
             query = memory.mean(1, keepdim=True)  # [B, 1, d]
         else:
             keep = (~mask).unsqueeze(-1).float()  # [B, M, 1]
             query = (memory * keep).sum(1, keepdim=True) / keep.sum(1, keepdim=True).clamp(min=1)
-        keys = self.inputs.models(model_tokens, model_indices)  # [B, N, d]
+        keys = self.inputs.models(model_tokens, model_indices, evidence, probed)  # [B, N, d]
         _, weights = self.attn(query, keys, keys, need_weights=True, average_attn_weights=True)  # [B, 1, N]
         return torch.log(weights.squeeze(1).clamp(min=1e-12))
 
@@ -344,9 +400,12 @@ class RankerTrainer(Trainer):
         super().__init__(model, *args, **kwargs)
 
     def _forward_batch(self, batch: dict[str, Any]) -> torch.Tensor:
+        from . import audit
+
+        # every id whose accuracy reaches the loss (training) or early stopping (validation)
+        audit.seen("ranker", batch["dataset_names"], {m for names in batch["model_names"] for m in names})
         dev = self.device
-        scores = self.model(batch["model_tokens"].to(dev), batch["dataset_tokens"].to(dev),
-                            batch["dataset_mask"].to(dev), batch["model_indices"].to(dev))  # [B, N]
+        scores = self.model(*model_inputs(batch, dev))  # [B, N]
         truth = batch["true_scores"].to(dev)
         if not self.model.training:  # validation: how well the order is recovered, beside the loss
             from .metrics import weighted_tau
@@ -356,14 +415,36 @@ class RankerTrainer(Trainer):
         return self.loss(scores, truth)
 
 
+def validation_split(data: RankingData, tasks: list[str], fraction: float, seed: int) -> tuple[list[str], list[str]]:
+    """(training, validation) task ids for early stopping: whole datasets go to validation.
+
+    ``round(fraction * n_datasets)`` datasets (at least one when there are two or more) are held
+    out, so early stopping rewards what carries to a new dataset, not to a sibling task of a seen
+    one. With tasks of a single dataset it falls back to a seeded split of the tasks.
+    """
+    names = sorted({data.datasets[t] for t in tasks})
+    if len(names) < 2:
+        tr, va = split_ids(len(tasks), fraction, seed)
+        return [tasks[i] for i in tr], [tasks[i] for i in va]
+    _, va = split_ids(len(names), fraction, seed)
+    held = {names[i] for i in va}
+    return [t for t in tasks if data.datasets[t] not in held], [t for t in tasks if data.datasets[t] in held]
+
+
+def model_inputs(batch: dict[str, Any], device: str | torch.device = "cpu") -> tuple:
+    """The positional inputs of a ranker's forward from a batch: tokens, mask, ids and, when present, evidence."""
+    keys = ("model_tokens", "dataset_tokens", "dataset_mask", "model_indices", "evidence", "probed")
+    return tuple(batch[k].to(device) if k in batch else None for k in keys)
+
+
 def fit_ranker(data: RankingData, train_tasks: list[str], rp: RankerParams, tp: TrainParams,
                models: np.ndarray | None = None, seed: int = 0, out_dir: Path | None = None,
                device: str = "cpu") -> tuple[nn.Module, RankerTrainer]:
-    """Train a ranker on ``train_tasks`` x ``models``; early stopping on a seeded split of those tasks."""
-    tr, va = split_ids(len(train_tasks), tp.val_fraction, seed)
-    tr_tasks, va_tasks = [train_tasks[i] for i in tr], [train_tasks[i] for i in va]
+    """Train a ranker on ``train_tasks`` x ``models``; early stopping on held-out training datasets
+    (``validation_split``)."""
+    tr_tasks, va_tasks = validation_split(data, list(train_tasks), tp.val_fraction, seed)
     cfg = RankerConfig.from_params(rp, data.model_tokens.shape[1], next(iter(data.dataset_tokens.values())).shape[1],
-                                   len(data.model_ids))
+                                   len(data.model_ids), 0 if data.evidence is None else data.evidence.shape[2])
     torch.manual_seed(seed)
     model = build_ranker(cfg)
     trainer = RankerTrainer(model, RankingLoss(rp.loss), tp, out_dir, device=device, seed=seed,
@@ -378,14 +459,19 @@ def fit_ranker(data: RankingData, train_tasks: list[str], rp: RankerParams, tp: 
 
 @torch.no_grad()
 def predict(model: nn.Module, data: RankingData, task_ids: list[str], models: np.ndarray | None = None,
-            max_tokens: int = 64) -> pd.DataFrame:
-    """Scores of ``models`` on each task: tidy (task_id, model_id, score, seconds per task)."""
+            max_tokens: int = 64, probed: dict[str, np.ndarray] | None = None) -> pd.DataFrame:
+    """Scores of ``models`` on each task: tidy (task_id, model_id, score, seconds per task).
+
+    ``probed``: task_id -> bool [len(models)], the models run on the task whose evidence the ranker sees
+    (none when absent: the prior alone).
+    """
     model.eval()
     rows = []
-    loader = build_combined_similarity_loader(data, task_ids, models, split="test", batch_size=1, max_tokens=max_tokens)
+    loader = build_combined_similarity_loader(data, task_ids, models, split="test", batch_size=1, max_tokens=max_tokens,
+                                              probed=probed)
     for batch in loader:
         t0 = time.perf_counter()
-        s = model(batch["model_tokens"], batch["dataset_tokens"], batch["dataset_mask"], batch["model_indices"])[0]
+        s = model(*model_inputs(batch))[0]
         secs = time.perf_counter() - t0
         rows += [dict(task_id=batch["dataset_names"][0], model_id=m, score=float(v), seconds=secs)
                  for m, v in zip(batch["model_names"][0], s.tolist())]

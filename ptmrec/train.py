@@ -362,9 +362,13 @@ def train_autoencoder(ids: Iterable[str], vectors: np.ndarray, cfg: AutoEncoderP
     if vectors.ndim != 2 or vectors.shape[1] != cfg.input_dim:
         raise ValueError(f"vectors have shape {vectors.shape} but autoencoder.input_dim is {cfg.input_dim} "
                          "(set it to extract.length)")
+    from . import audit
+
     tr, va = split_ids(len(ids), params.val_fraction, seed)
     if len(tr) == 0:
         raise ValueError("no model vectors to train the autoencoder on")
+    audit.seen("standardiser", models=[ids[i] for i in tr])
+    audit.seen("autoencoder", models=ids)  # trained on tr, early-stopped on va: every id given here reaches it
     torch.manual_seed(seed)
     model = ModelAutoEncoder(cfg)
     model.set_standardizer(vectors[tr])

@@ -99,7 +99,7 @@ def test_killed_run_resumes_and_trusts_no_half_file(smoke_runs, tmp_path):
     run_pipeline(runs, "params/smoke.yaml", *upto)
     got = pd.read_csv(runs / "smoke/01_groundtruth/performance.csv").drop(columns="seconds")
     want = pd.read_csv(smoke_runs / "smoke/01_groundtruth/performance.csv").drop(columns="seconds")
-    key = ["model_id", "task_id", "method", "seed"]
+    key = ["model_id", "task_id", "method", "seed", "split"]
     pd.testing.assert_frame_equal(got.sort_values(key).reset_index(drop=True),
                                   want.sort_values(key).reset_index(drop=True))
 

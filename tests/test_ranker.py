@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from ptmrec import ranker as R
-from ptmrec.evaluate import dataset_folds, model_folds, ranking_agreement
+from ptmrec.evaluate import ranking_agreement
+from ptmrec.protocol import dataset_folds
 from ptmrec.metrics import weighted_tau
 from ptmrec.params import RankerParams, TrainParams
 
@@ -39,14 +40,34 @@ def test_batch_has_the_users_keys_and_padding_mask():
     assert ranks[batch["true_scores"][0].argmax()] == 0 and sorted(ranks.tolist()) == list(range(12))
 
 
-def test_max_tokens_subsamples_in_training_only():
+def test_max_tokens_subsamples_at_random_in_training_and_evenly_otherwise():
     data = synthetic()
     ds = R.CombinedSimilarityDataset(data, ["t3"], max_tokens=4, sample=True, seed=1)
     fixed = R.CombinedSimilarityDataset(data, ["t3"], max_tokens=4)
     assert len(ds[0]["dataset_tokens"]) == 4
-    assert torch.equal(fixed[0]["dataset_tokens"], fixed[0]["dataset_tokens"])
     draws = {tuple(ds[0]["dataset_tokens"][:, 0].tolist()) for _ in range(10)}
-    assert len(draws) > 1
+    assert len(draws) > 1  # training: a fresh draw per read
+    all_tokens = data.dataset_tokens["t3"]  # 8 tokens of one class: evenly spaced 4 are rows 0, 2, 5, 7
+    torch.testing.assert_close(fixed[0]["dataset_tokens"], torch.from_numpy(all_tokens[[0, 2, 5, 7]]))
+
+
+def test_subsample_keeps_every_class_of_a_six_class_folder():
+    """The train/serve rule: 6 classes x 16 tokens cut to 64 keep 10-11 of each class (never a lost class)."""
+    labels = np.repeat(np.arange(6), 16)  # class-sorted, as a folder gives them
+    for rng in (None, np.random.default_rng(0)):
+        keep = R.subsample_tokens(labels, 64, rng)
+        assert len(keep) == 64 and len(set(keep)) == 64
+        assert sorted(np.bincount(labels[keep]).tolist()) == [10, 10, 11, 11, 11, 11]
+    uneven = np.array([0] * 3 + [1] * 50 + [2] * 50)  # a small class keeps all it has, the rest share its quota
+    assert np.bincount(uneven[R.subsample_tokens(uneven, 21)]).tolist() == [3, 9, 9]
+    assert R.subsample_tokens(labels, 500).tolist() == list(range(96))
+
+
+def test_validation_holds_out_whole_datasets():
+    data = synthetic()
+    tr, va = R.validation_split(data, data.task_ids, 0.34, seed=0)
+    assert va and {data.datasets[t] for t in tr}.isdisjoint({data.datasets[t] for t in va})
+    assert sorted(tr + va) == sorted(data.task_ids)
 
 
 @pytest.mark.parametrize("arch", list(R.ARCHITECTURES))
@@ -65,6 +86,19 @@ def test_forward_shapes_and_padding_does_not_leak(arch, tokens):
     s2 = model(b["model_tokens"], junk, b["dataset_mask"], b["model_indices"])
     torch.testing.assert_close(s, s2)
     if arch == "similarity":  # a distribution over models
+        torch.testing.assert_close(s.exp().sum(1), torch.ones(2), atol=1e-5, rtol=0)
+
+
+def test_similarity_scores_stay_a_distribution_in_training():
+    """Dropout on the attention weights would zero some and scale the rest: the scores would no longer be the
+    logs of a distribution over models while training."""
+    torch.manual_seed(0)
+    cfg = R.RankerConfig("similarity", model_dim=16, dataset_dim=8, n_models=12, d_model=32, heads=4, layers=1,
+                         dropout=0.5)
+    model = R.build_ranker(cfg).train()
+    b = R.collate([R.CombinedSimilarityDataset(synthetic(), ["t0", "t3"])[i] for i in range(2)])
+    for _ in range(3):
+        s = model(b["model_tokens"], b["dataset_tokens"], b["dataset_mask"], b["model_indices"])
         torch.testing.assert_close(s.exp().sum(1), torch.ones(2), atol=1e-5, rtol=0)
 
 
@@ -95,7 +129,10 @@ def test_learns_a_synthetic_ranking_on_held_out_tasks(arch, tmp_path):
     pred = R.predict(model, data, test)
     taus = [weighted_tau(data.accuracy_of(t), g.score.to_numpy()) for t, g in pred.groupby("task_id", sort=False)]
     assert np.mean(taus) > 0.5, taus
-    assert (tmp_path / "history.json").exists() and trainer.best_epoch > 0
+    history = trainer.history
+    assert (tmp_path / "history.json").exists() and len(history) == 40  # patience 30 never ran out
+    best = min(range(40), key=lambda i: history[i]["val_loss"])
+    assert trainer.best_epoch == best + 1 and trainer.best_loss == pytest.approx(history[best]["val_loss"])
     R.save_ranker(model, tmp_path / "ranker", {"note": "test"})
     again, cfg = R.load_ranker(tmp_path / "ranker")
     assert cfg["note"] == "test"
@@ -114,12 +151,10 @@ def test_unseen_models_are_ranked_from_their_tokens():
     assert np.mean(taus) > 0.3, taus
 
 
-def test_folds_hold_out_whole_datasets_and_cover_models():
+def test_folds_hold_out_whole_datasets():
     data = synthetic()
     for d, train, test in dataset_folds(data):
         assert {data.datasets[t] for t in test} == {d} and d not in {data.datasets[t] for t in train}
-    folds = model_folds(12, 5, seed=0)
-    assert sorted(np.concatenate(folds).tolist()) == list(range(12))
 
 
 def test_ranking_agreement_separates_siblings_from_other_datasets():
@@ -130,7 +165,7 @@ def test_ranking_agreement_separates_siblings_from_other_datasets():
                          task_ids=["a0", "a1", "b0", "b1"], dataset_tokens={t: np.zeros((1, 2), np.float32)
                                                                           for t in ("a0", "a1", "b0", "b1")},
                          accuracy=acc, datasets={"a0": "a", "a1": "a", "b0": "b", "b1": "b"})
-    out = ranking_agreement(data, dataset_folds(data)).set_index("task_id")
+    out = ranking_agreement(data).set_index("task_id")
     assert list(out.index) == ["a0", "a1", "b0", "b1"] and set(out.dataset) == {"a", "b"}
     np.testing.assert_allclose(out.mean_sibling, 1.0)
     np.testing.assert_allclose(out.mean_training, -1.0)

@@ -1,0 +1,113 @@
+"""Evidence from a few forward passes: which models to probe, and what a probed ranking costs.
+
+A recommendation ranks with the prior first (k = 0: tokens only), runs ``k`` chosen models on the
+target's images, and ranks again with their estimator scores as evidence (``ranker.standardize_evidence``).
+Two rules choose the ``k`` models (``POLICIES``):
+
+- ``top``: the k best of the prior ranking (check the favourites);
+- ``uncertain``: the k with the highest upper confidence bound, mean + standard deviation of the prior's
+  score over ``DROPOUT_PASSES`` passes with dropout on (spend forward passes where the prior is unsure
+  among plausible models).
+
+``attach_evidence`` puts stage-05 scores into a RankingData; ``estimator_at_k`` is the matching reference
+for a single estimator (the probed models ordered by the estimator, above the rest in prior order), and
+``fit_stacking`` / ``stack_scores`` a ridge regression over standardised estimator scores, fitted on
+training tasks only: the strongest simple reference at k = all.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from . import audit
+from .ranker import RankingData, build_combined_similarity_loader, model_inputs
+
+POLICIES = ("top", "uncertain")
+DROPOUT_PASSES = 8
+
+
+def attach_evidence(data: RankingData, scores: pd.DataFrame, names: list[str]) -> RankingData:
+    """``data`` with ``evidence`` [T, N, F] (stage-05 ``scores`` of the estimators ``names``; NaN where a
+    pair was skipped) and ``probe_seconds`` [T, N] (the forward pass plus those estimators' seconds)."""
+    missing = sorted(set(names) - set(scores.scorer))
+    if missing:
+        raise ValueError(f"ranker.evidence names {missing}, which stage 05 did not score; scored: "
+                         f"{', '.join(sorted(set(scores.scorer)))}")
+    s = scores[scores.scorer.isin(names)]
+    ev = np.full((len(data.task_ids), len(data.model_ids), len(names)), np.nan, np.float32)
+    secs = np.zeros((len(data.task_ids), len(data.model_ids)))
+    ti = {t: i for i, t in enumerate(data.task_ids)}
+    mi = {m: j for j, m in enumerate(data.model_ids)}
+    fi = {n: f for f, n in enumerate(names)}
+    for r in s.itertuples():
+        if r.task_id in ti and r.model_id in mi:
+            ev[ti[r.task_id], mi[r.model_id], fi[r.scorer]] = r.score
+            secs[ti[r.task_id], mi[r.model_id]] += r.seconds
+    fwd = s.drop_duplicates(["task_id", "model_id"])
+    for r in fwd.itertuples():
+        if r.task_id in ti and r.model_id in mi:
+            secs[ti[r.task_id], mi[r.model_id]] += r.forward_seconds
+    return dataclasses.replace(data, evidence=ev, evidence_names=list(names), probe_seconds=secs)
+
+
+@torch.no_grad()
+def prior_scores(model: nn.Module, data: RankingData, task: str, models: np.ndarray, max_tokens: int,
+                 passes: int = 0) -> np.ndarray:
+    """The prior's scores of ``models`` on ``task``: [N] (eval mode) or [passes, N] with dropout on."""
+    batch = next(iter(build_combined_similarity_loader(data, [task], models, split="test", batch_size=1,
+                                                       max_tokens=max_tokens)))
+    inputs = model_inputs(batch)
+    if not passes:
+        return model.eval()(*inputs)[0].numpy()
+    model.train()  # dropout on: a cheap spread of plausible priors
+    try:
+        return torch.stack([model(*inputs)[0] for _ in range(passes)]).numpy()
+    finally:
+        model.eval()
+
+
+def choose_probes(policy: str, k: int, prior: np.ndarray, spread: np.ndarray | None = None) -> np.ndarray:
+    """bool [N]: the ``k`` models to run, by ``policy``, from the prior's scores [N] (and their std [N])."""
+    if policy not in POLICIES:
+        raise ValueError(f"probe policy '{policy}'; valid: {', '.join(POLICIES)}")
+    n = len(prior)
+    key = prior if policy == "top" else prior + (np.zeros(n) if spread is None else spread)
+    mask = np.zeros(n, bool)
+    mask[np.argsort(-key, kind="stable")[:min(k, n)]] = True
+    return mask
+
+
+def estimator_at_k(estimator: np.ndarray, prior: np.ndarray, probed: np.ndarray) -> np.ndarray:
+    """A single estimator restricted to the probed models: they come first, ordered by the estimator's
+    score [N], the unprobed ones after them in the prior's order. Returns scores [N] (higher is better)."""
+    rank_prior = np.argsort(np.argsort(prior))  # 0 = worst
+    est = np.where(np.isfinite(estimator), estimator, np.nanmin(estimator[probed]) if probed.any() else 0.0)
+    rank_est = np.argsort(np.argsort(np.where(probed, est, -np.inf)))
+    return np.where(probed, len(prior) + rank_est, rank_prior).astype(float)
+
+
+def _zscore(x: np.ndarray, axis: int = 0) -> np.ndarray:
+    mu, sd = np.nanmean(x, axis, keepdims=True), np.nanstd(x, axis, keepdims=True)
+    return np.nan_to_num((x - mu) / np.where(sd > 1e-12, sd, 1.0))
+
+
+def fit_stacking(data: RankingData, tasks: list[str], models: np.ndarray, alpha: float = 1.0) -> np.ndarray:
+    """Ridge weights [F + 1] (bias last) predicting a model's accuracy z-scored within its task from its
+    estimator scores z-scored within the task, fitted on ``tasks`` x ``models`` (training data only)."""
+    audit.seen("stacking", tasks, [data.model_ids[i] for i in models])
+    rows = [data.task_ids.index(t) for t in tasks]
+    x = np.concatenate([_zscore(data.evidence[r][models]) for r in rows])  # [T * N, F]
+    y = np.concatenate([_zscore(data.accuracy[r][models]) for r in rows])  # [T * N]
+    x1 = np.column_stack([x, np.ones(len(x))])
+    reg = alpha * np.eye(x1.shape[1])
+    reg[-1, -1] = 0.0  # the bias is not shrunk
+    return np.linalg.solve(x1.T @ x1 + reg, x1.T @ y)
+
+
+def stack_scores(weights: np.ndarray, evidence: np.ndarray) -> np.ndarray:
+    """Scores [N] of the stacking reference for one task's evidence [N, F]."""
+    return np.column_stack([_zscore(evidence), np.ones(len(evidence))]) @ weights

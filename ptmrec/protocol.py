@@ -1,0 +1,328 @@
+"""Stage 07's protocol: the folds, what each fitted component may see, and the learned methods' predictions.
+
+Two kinds of fold (``make_folds``):
+
+- **leave-datasets-out**: one fold per dataset of the target tasks; every task cut from the held-out
+  dataset is a test task, and nothing fitted (ranker, early stopping, inner validation, priors) sees one.
+- **leave-models-out** (``model_k`` > 0): each of those folds crossed with ``model_k`` folds of the zoo,
+  grouped by lineage (``lineage_groups``: a base model with its fine-tunes, one scratch architecture
+  at one width over all its source tasks), so no sibling straddles. The standardiser and the
+  autoencoder are refitted on the fold's training models only (``refit_tokens``) and the held-out
+  models are encoded by that autoencoder; the ranker trains on training tasks x training models and
+  ranks the held-out models on the test tasks.
+
+Choices made from ground truth, and where: the ranker's hyperparameters among ``evaluate.inner_grid``
+are chosen per leave-datasets-out fold by inner leave-datasets-out validation on that fold's training
+datasets (``inner_choice``); early stopping holds out whole training datasets (``ranker.validation_split``).
+Leave-models-out uses the parameter set's ranker as given (no choice at all), and the extractor design
+and token kind are parameters, never chosen from ground truth. ``ptmrec.audit`` records what every
+fitted component saw; tests/test_protocol.py proves no held-out id reaches one.
+
+Learned predictions are tidy rows (method, fold, task_id, model_id, score, seconds); a ranker trained
+with several seeds gives methods ``ranker#s<seed>``, which ``evaluate.collapse_seeds`` averages per task.
+"""
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import numpy as np
+import pandas as pd
+from torch import nn
+
+from . import audit
+from .params import AutoEncoderParams, RankerParams, TrainParams
+from .ranker import RankingData, fit_ranker, predict
+
+
+@dataclass
+class Fold:
+    """One held-out set: test tasks x candidate models, and what fitted components may see."""
+
+    name: str  # "mnist" (leave-datasets-out) or "mnist/m1" (crossed with model fold 1)
+    dataset: str  # the held-out dataset
+    train_tasks: list[str]
+    test_tasks: list[str]
+    train_models: np.ndarray  # int indices into data.model_ids that fitted components may see
+    test_models: np.ndarray  # the candidates ranked on the test tasks
+
+    @property
+    def holds_out_models(self) -> bool:
+        return len(np.intersect1d(self.train_models, self.test_models)) == 0
+
+
+# ----------------------------------------------------------------------------- folds
+
+
+def lineage_groups(zoo: pd.DataFrame) -> pd.Series:
+    """model_id -> lineage group: siblings that must sit on one side of a model fold.
+
+    A fine-tune joins the group of the base it descends from (followed to the root); a model
+    trained from scratch joins the other models of its family and width (the same architecture
+    on another source task); anything else (a pretrained base, a hub model) is its own root.
+    """
+    z = zoo.set_index("model_id")
+    parent = {m: p for m, p in z.get("pretrained_from", pd.Series(dtype=object)).items() if isinstance(p, str) and p}
+
+    def root(m: str) -> str:
+        seen = {m}
+        while parent.get(m) and parent[m] in z.index and parent[m] not in seen:
+            m = parent[m]
+            seen.add(m)
+        return m
+
+    def group(m: str) -> str:
+        r = root(m)
+        width = z.at[r, "width"] if "width" in z.columns else None
+        scratch = pd.notna(width) and not parent.get(r)
+        return f"{z.at[r, 'family']}-w{int(width)}" if scratch else r
+
+    return pd.Series({m: group(m) for m in z.index}, name="lineage")
+
+
+def model_folds(groups: pd.Series, k: int, seed: int) -> list[np.ndarray]:
+    """``k`` disjoint sets of model indices (positions in ``groups``) covering all models, whole groups each.
+
+    Groups go largest first (seeded order among equals) to the fold holding the fewest models, so the
+    folds are as even as whole groups allow.
+    """
+    names = groups.unique()
+    k = max(2, min(k, len(names)))
+    rng = np.random.default_rng(seed)
+    sizes = groups.value_counts()
+    order = sorted(rng.permutation(names), key=lambda g: -sizes[g])
+    folds: list[list[int]] = [[] for _ in range(k)]
+    for g in order:
+        target = min(range(k), key=lambda i: len(folds[i]))
+        folds[target] += np.flatnonzero(groups.to_numpy() == g).tolist()
+    return [np.sort(np.array(f, np.int64)) for f in folds if f]
+
+
+def dataset_folds(data: RankingData) -> list[tuple[str, list[str], list[str]]]:
+    """(held-out dataset, training task ids, test task ids), one fold per dataset."""
+    names = sorted({data.datasets[t] for t in data.task_ids})
+    if len(names) < 2:
+        raise ValueError(f"leave-datasets-out needs target tasks from at least 2 datasets, got {names}")
+    return [(d, [t for t in data.task_ids if data.datasets[t] != d], [t for t in data.task_ids if data.datasets[t] == d])
+            for d in names]
+
+
+def make_folds(data: RankingData, zoo: pd.DataFrame | None = None, model_k: int = 0, seed: int = 0) -> list[Fold]:
+    """Leave-datasets-out folds, crossed with ``model_k`` lineage-grouped model folds when ``model_k`` > 0."""
+    every = np.arange(len(data.model_ids))
+    if not model_k:
+        return [Fold(d, d, tr, te, every, every) for d, tr, te in dataset_folds(data)]
+    if zoo is None:
+        raise ValueError("leave-models-out folds need the zoo index (lineage of every model)")
+    groups = lineage_groups(zoo).reindex(data.model_ids)
+    mfolds = model_folds(groups, model_k, seed)
+    return [Fold(f"{d}/m{m}", d, tr, te, np.setdiff1d(every, held), held)
+            for d, tr, te in dataset_folds(data) for m, held in enumerate(mfolds)]
+
+
+# ----------------------------------------------------------------------------- what is fitted per fold
+
+
+def refit_tokens(vectors: np.ndarray, data: RankingData, train_models: np.ndarray, ap: AutoEncoderParams,
+                 tp: TrainParams, seed: int, out_dir: Path) -> np.ndarray:
+    """Model tokens [N, code_dim] of every model of ``data`` from an autoencoder (and standardiser) fitted
+    on ``train_models`` only; ``vectors`` [N, input_dim] follow ``data.model_ids``."""
+    from .train import train_autoencoder
+
+    ids = [data.model_ids[i] for i in train_models]
+    ae, _ = train_autoencoder(ids, vectors[train_models], ap, tp, out_dir, seed=seed, progress=False)
+    return ae.encode_numpy(vectors)
+
+
+def grid_points(grid: dict[str, list[Any]]) -> list[dict[str, Any]]:
+    """Every combination of the values of ``grid`` (key -> candidate values), in order; [{}] for no grid."""
+    keys = sorted(grid)
+    return [dict(zip(keys, vals)) for vals in itertools.product(*(grid[k] for k in keys))]
+
+
+def inner_groups(data: RankingData, tasks: list[str], k: int) -> list[list[str]]:
+    """The training datasets of a fold in ``k`` (at most one per dataset) groups of task ids, round-robin."""
+    names = sorted({data.datasets[t] for t in tasks})
+    k = min(k, len(names))
+    return [[t for t in tasks if data.datasets[t] in names[i::k]] for i in range(k)]
+
+
+def inner_choice(data: RankingData, fold: Fold, rp: RankerParams, tp: TrainParams, grid: dict[str, list[Any]],
+                 k: int, seed: int) -> tuple[RankerParams, pd.DataFrame]:
+    """The grid point with the best mean weighted tau in inner leave-datasets-out validation on the fold's
+    training tasks and models (never its test tasks); returns it and the table of every point's score."""
+    from .metrics import weighted_tau
+
+    points = grid_points(grid)
+    groups = inner_groups(data, fold.train_tasks, k)
+    if len(points) < 2 or len(groups) < 2:
+        return rp, pd.DataFrame([dict(point=str(p), inner_weighted_tau=np.nan) for p in points])
+    rows = []
+    for point in points:
+        cand = dataclasses.replace(rp, **point)
+        taus = []
+        for held in groups:
+            train = [t for t in fold.train_tasks if t not in held]
+            model, _ = fit_ranker(data, train, cand, tp, models=fold.train_models, seed=seed)
+            pred = predict(model, data, held, fold.train_models, cand.max_dataset_tokens)
+            for t, g in pred.groupby("task_id"):
+                truth = data.accuracy_of(t)[[data.model_ids.index(m) for m in g.model_id]]
+                taus.append(weighted_tau(truth, g.score.to_numpy()))
+        rows.append(dict(point=str(point), inner_weighted_tau=float(np.mean(taus)), **point))
+    table = pd.DataFrame(rows)
+    best = grid_points(grid)[int(np.argmax(table.inner_weighted_tau.to_numpy()))]
+    return dataclasses.replace(rp, **best), table
+
+
+def probe_ks(ks: list[int], n: int) -> list[int]:
+    """The probe counts of a frontier: ``ks`` below ``n`` (the zoo), then ``n`` itself (every model probed)."""
+    return sorted({k for k in ks if 0 < k < n} | {n})
+
+
+def probed_predictions(model: nn.Module, data: RankingData, fold: Fold, max_tokens: int, ks: list[int],
+                       method: str, seed: int, prior_seconds: dict[str, float],
+                       references: bool = False) -> list[pd.DataFrame]:
+    """The ranker with ``k`` probed models for every k and policy of ``probing.POLICIES`` (methods
+    ``<method>+<policy>@<k>#s<seed>``; k equal to the number of candidates is written ``all``), and, with
+    ``references``, the matching single-estimator references (``<estimator>@<k>`` on the ``top`` probes).
+
+    Seconds per recommendation: the ranker's passes (prior, dropout spread for ``uncertain``, posterior)
+    plus the forward pass and the evidence estimators of each probed model (``data.probe_seconds``).
+    """
+    from .probing import DROPOUT_PASSES, POLICIES, choose_probes, estimator_at_k, prior_scores
+
+    n, cand = len(fold.test_models), fold.test_models
+    priors = {t: prior_scores(model, data, t, cand, max_tokens) for t in fold.test_tasks}  # [N] each
+    spreads = {t: prior_scores(model, data, t, cand, max_tokens, DROPOUT_PASSES).std(0) for t in fold.test_tasks}
+    rows = {t: data.task_ids.index(t) for t in fold.test_tasks}
+    out = []
+    for policy in POLICIES:
+        passes = 2 + (DROPOUT_PASSES if policy == "uncertain" else 0)
+        for k in probe_ks(ks, n):
+            label = "all" if k == n else str(k)
+            probed = {t: choose_probes(policy, k, priors[t], spreads[t]) for t in fold.test_tasks}
+            probe_cost = {t: float(data.probe_seconds[rows[t]][cand][probed[t]].sum()) for t in fold.test_tasks}
+            pred = predict(model, data, fold.test_tasks, cand, max_tokens, probed)
+            seconds = pred.task_id.map(lambda t: passes * prior_seconds[t] + probe_cost[t])
+            out.append(pred.assign(method=f"{method}+{policy}@{label}#s{seed}", fold=fold.name, seconds=seconds))
+            if not references or policy != "top":
+                continue
+            for f, est in enumerate(data.evidence_names):
+                out.append(pd.DataFrame([
+                    dict(method=f"{est}@{label}", fold=fold.name, task_id=t, model_id=data.model_ids[j], score=float(v),
+                         seconds=probe_cost[t])
+                    for t in fold.test_tasks
+                    for j, v in zip(cand, estimator_at_k(data.evidence[rows[t]][cand, f], priors[t], probed[t]))]))
+    return out
+
+
+def ranker_predictions(data: RankingData, folds: list[Fold], rp: RankerParams, tp: TrainParams, seeds: list[int],
+                       method: str = "ranker", grid: dict[str, list[Any]] | None = None, inner_k: int = 2,
+                       tokens_of: Callable[[Fold], np.ndarray] | None = None, ks: list[int] | None = None,
+                       progress: Callable[[Iterable], Iterable] = iter) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Predictions of one ranker variant on every fold, for every seed (methods ``<method>#s<seed>``).
+
+    ``grid``: choose the ranker's hyperparameters per fold by ``inner_choice`` (with the first seed);
+    ``tokens_of(fold)``: the fold's model tokens [N, D] (leave-models-out: a refitted autoencoder's);
+    ``ks``: with evidence in ``data``, also rank with k probed models (``probed_predictions``; the
+    single-estimator references with the first seed's probes).
+    Returns (predictions, log: one row per trained ranker with the chosen point, epochs, seconds).
+    """
+    preds, log = [], []
+    for fold in progress(folds):
+        with audit.fold(fold.name):
+            d = data if tokens_of is None else dataclasses.replace(data, model_tokens=tokens_of(fold))
+            t0 = time.perf_counter()
+            chosen, table = inner_choice(d, fold, rp, tp, grid or {}, inner_k, seeds[0])
+            choose_seconds = time.perf_counter() - t0
+            for s in seeds:
+                t0 = time.perf_counter()
+                model, trainer = fit_ranker(d, fold.train_tasks, chosen, tp, models=fold.train_models, seed=s)
+                secs = time.perf_counter() - t0
+                pred = predict(model, d, fold.test_tasks, fold.test_models, chosen.max_dataset_tokens)
+                preds.append(pred.assign(method=f"{method}#s{s}", fold=fold.name))
+                if ks and d.evidence is not None:
+                    preds += probed_predictions(model, d, fold, chosen.max_dataset_tokens, ks, method, s,
+                                                pred.groupby("task_id").seconds.first().to_dict(), s == seeds[0])
+                log.append(dict(method=method, fold=fold.name, seed=s, epochs=len(trainer.history),
+                                best_epoch=trainer.best_epoch, val_loss=trainer.best_loss, seconds=secs,
+                                choice={k: getattr(chosen, k) for k in sorted(grid or {})},
+                                inner_scores=table.to_dict("records") if s == seeds[0] else None,
+                                choice_seconds=choose_seconds if s == seeds[0] else 0.0,
+                                n_train_tasks=len(fold.train_tasks), n_train_models=len(fold.train_models),
+                                n_test_models=len(fold.test_models)))
+    cols = ["method", "fold", "task_id", "model_id", "score", "seconds"]
+    return pd.concat(preds, ignore_index=True)[cols], pd.DataFrame(log)
+
+
+def stacking_predictions(data: RankingData, folds: list[Fold]) -> pd.DataFrame:
+    """The stacking reference on every fold: ``probing.fit_stacking`` on the fold's training tasks x training
+    models, scored on its test tasks x candidates with every candidate probed (k = all)."""
+    from .probing import fit_stacking, stack_scores
+
+    rows = []
+    for fold in folds:
+        with audit.fold(fold.name):
+            w = fit_stacking(data, fold.train_tasks, fold.train_models)
+        for t in fold.test_tasks:
+            r = data.task_ids.index(t)
+            scores = stack_scores(w, data.evidence[r][fold.test_models])
+            secs = float(data.probe_seconds[r][fold.test_models].sum())
+            rows += [dict(method="stacking", fold=fold.name, task_id=t, model_id=data.model_ids[j], score=float(v),
+                          seconds=secs) for j, v in zip(fold.test_models, scores)]
+    return pd.DataFrame(rows)
+
+
+# ----------------------------------------------------------------------------- static priors
+
+
+def static_priors(data: RankingData, zoo: pd.DataFrame, folds: list[Fold]) -> pd.DataFrame:
+    """Priors that need no target data, on every fold's test tasks x candidates (tidy predictions).
+
+    - ``popularity``: mean accuracy of each model over the fold's training tasks;
+    - ``popularity_z``: the mean of its accuracy z-scored within each training task (every task counts
+      alike, whatever its spread);
+    - ``most_params``: more parameters first;
+    - ``imagenet_first``: ImageNet-pretrained bases first, then their fine-tunes, then the rest, ties
+      by parameters.
+    The two popularity priors read measured accuracies of the candidates, so they are only scored
+    where the candidates were seen in training (leave-datasets-out).
+    """
+    z = zoo.set_index("model_id").reindex(data.model_ids)
+    params = z.num_params.astype(float).to_numpy()  # [N]
+    parent = z.pretrained_from.fillna("") if "pretrained_from" in z else pd.Series("", index=z.index)
+    imagenet = (z.source_task == "imagenet").to_numpy()
+    from_imagenet = parent.isin(z.index[z.source_task == "imagenet"]).to_numpy()
+    tier = 2.0 * imagenet + 1.0 * from_imagenet  # [N]
+    static = {"most_params": params, "imagenet_first": tier + params / (10 * params.max())}
+    rows = []
+    for fold in folds:
+        t0 = time.perf_counter()
+        scores = dict(static)
+        if not fold.holds_out_models:
+            with audit.fold(fold.name):
+                audit.seen("popularity", fold.train_tasks, [data.model_ids[i] for i in fold.train_models])
+            acc = data.accuracy[[data.task_ids.index(t) for t in fold.train_tasks]]  # [T_train, N]
+            scores["popularity"] = np.nanmean(acc, axis=0)
+            zs = (acc - np.nanmean(acc, 1, keepdims=True)) / np.maximum(np.nanstd(acc, 1, keepdims=True), 1e-9)
+            scores["popularity_z"] = np.nanmean(zs, axis=0)
+        secs = time.perf_counter() - t0
+        for method, s in scores.items():
+            rows += [dict(method=method, fold=fold.name, task_id=t, model_id=data.model_ids[i], score=float(s[i]),
+                          seconds=secs) for t in fold.test_tasks for i in fold.test_models]
+    return pd.DataFrame(rows)
+
+
+def restrict(pred: pd.DataFrame, folds: list[Fold], model_ids: list[str]) -> pd.DataFrame:
+    """Predictions of fold-free methods (scored once on every task x model) cut to each fold's lists:
+    one copy per fold of its test tasks x candidates, named by the fold."""
+    parts = []
+    for fold in folds:
+        cand = {model_ids[i] for i in fold.test_models}
+        sel = pred.task_id.isin(fold.test_tasks) & pred.model_id.isin(cand)
+        parts.append(pred[sel].assign(fold=fold.name))
+    return pd.concat(parts, ignore_index=True)

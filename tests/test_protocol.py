@@ -1,0 +1,208 @@
+"""The evaluation protocol on a small synthetic world: folds, lineage, and that nothing held out is seen."""
+import dataclasses
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from ptmrec import audit, evaluate as E, protocol
+from ptmrec.baselines import saturation
+from ptmrec.params import from_dict
+from ptmrec.probing import attach_evidence
+from ptmrec.ranker import RankingData
+
+DATASETS = ["alpha", "beta", "gamma", "delta"]
+
+
+def tiny_zoo() -> pd.DataFrame:
+    """9 models: 2 scratch architectures x 3 sources, an ImageNet base with 2 fine-tunes."""
+    rows = [dict(model_id=f"{f}-w16-{s}", family=f, source_task=s, width=16, num_params=1000 * (i + 1),
+                 pretrained_from=None) for i, (f, s) in enumerate((f, s) for f in ("cnn", "vit") for s in "abc")]
+    rows += [dict(model_id="lite-imagenet", family="lite", source_task="imagenet", width=None, num_params=50_000,
+                  pretrained_from=None)]
+    rows += [dict(model_id=f"lite-ft-{s}", family="lite", source_task=s, width=None, num_params=40_000,
+                  pretrained_from="lite-imagenet") for s in "ab"]
+    return pd.DataFrame(rows)
+
+
+def tiny_world(seed: int = 0) -> tuple[RankingData, pd.DataFrame, np.ndarray, pd.DataFrame]:
+    """RankingData of 12 tasks (3 per dataset) x 9 models, with accuracy tied to a hidden model quality."""
+    rng = np.random.default_rng(seed)
+    zoo = tiny_zoo()
+    ids = zoo.model_id.tolist()
+    quality = rng.random(len(ids))
+    tasks = [f"{d}-t{i}" for d in DATASETS for i in range(3)]
+    acc = np.clip(0.5 + 0.3 * quality[None] + 0.05 * rng.standard_normal((len(tasks), len(ids))), 0, 1)
+    tokens = {t: rng.standard_normal((10, 6)).astype(np.float32) for t in tasks}
+    data = RankingData(ids, rng.standard_normal((len(ids), 5)).astype(np.float32), tasks, tokens, acc,
+                       {t: t.split("-")[0] for t in tasks}, {t: np.repeat([0, 1], 5) for t in tasks})
+    vectors = (quality[:, None] + 0.1 * rng.standard_normal((len(ids), 32))).astype(np.float32)
+    perf = pd.DataFrame([dict(task_id=t, model_id=m, method="linear_probe", seed=s, split=sp, accuracy=a + d)
+                         for (t, row) in zip(tasks, acc) for m, a in zip(ids, row)
+                         for s, sp, d in ((0, "test", 0.0), (1, "test", 0.01), (1, "fresh", -0.01))])
+    return data, zoo, vectors, perf
+
+
+def tiny_scores(data: RankingData, seed: int = 0) -> pd.DataFrame:
+    """Stage-05-like scores: "logme" follows the accuracy with noise, "nce" is noise."""
+    rng = np.random.default_rng(seed)
+    return pd.DataFrame([dict(model_id=m, task_id=t, scorer=name, score=float(a * w + rng.normal(0, 0.05)), seconds=0.01,
+                              forward_seconds=0.1, n=40, dim=16)
+                         for t, row in zip(data.task_ids, data.accuracy) for m, a in zip(data.model_ids, row)
+                         for name, w in (("logme", 1.0), ("nce", 0.0))])
+
+
+def tiny_params(**evaluate):
+    return from_dict({"autoencoder": {"input_dim": 32, "hidden": [16], "code_dim": 4},
+                      "train": {"epochs": 3, "batch_size": 8, "early_stopping_patience": 2},
+                      "ranker": {"d_model": 16, "heads": 2, "layers": 1, "max_dataset_tokens": 8},
+                      "evaluate": {"model_folds": 2, "seeds": 2, "ablations": ["no_dataset_tokens"], **evaluate}})
+
+
+def test_lineage_groups_keep_siblings_together():
+    groups = protocol.lineage_groups(tiny_zoo())
+    assert groups["lite-ft-a"] == groups["lite-ft-b"] == groups["lite-imagenet"] == "lite-imagenet"
+    assert groups["cnn-w16-a"] == groups["cnn-w16-c"] != groups["vit-w16-a"]
+    folds = protocol.model_folds(groups, 3, seed=0)
+    assert sorted(np.concatenate(folds).tolist()) == list(range(9))  # a partition of the zoo
+    for held in folds:  # no group has members on both sides
+        inside = set(groups.iloc[held])
+        assert not inside & set(groups.drop(groups.index[held]))
+
+
+def test_make_folds_hold_out_whole_datasets_and_lineages():
+    data, zoo, _, _ = tiny_world()
+    ldo = protocol.make_folds(data)
+    assert [f.dataset for f in ldo] == sorted(DATASETS)
+    for f in ldo:
+        assert {data.datasets[t] for t in f.test_tasks} == {f.dataset}
+        assert f.dataset not in {data.datasets[t] for t in f.train_tasks} and not f.holds_out_models
+    lmo = protocol.make_folds(data, zoo, model_k=2, seed=0)
+    assert len(lmo) == 2 * len(DATASETS) and all(f.holds_out_models for f in lmo)
+
+
+def test_inner_choice_sees_training_datasets_only():
+    data, _, _, _ = tiny_world()
+    fold = protocol.make_folds(data)[0]
+    P = tiny_params()
+    with audit.recording() as records:
+        chosen, table = protocol.inner_choice(data, fold, P.ranker, P.train, {"loss": ["listnet", "pairwise"]}, 2, 0)
+    assert chosen.loss == table.loss[table.inner_weighted_tau.idxmax()]
+    seen = set().union(*(r.tasks for r in records))
+    assert seen and not seen & set(fold.test_tasks) and seen <= set(fold.train_tasks)
+
+
+def test_no_heldout_id_reaches_anything_fitted(tmp_path):
+    """The audit of every fitted component, for both fold kinds: no held-out task, no held-out model."""
+    data, zoo, vectors, perf = tiny_world()
+    scores = tiny_scores(data)
+    data = attach_evidence(data, scores, ["logme", "nce"])
+    P = tiny_params(probe_ks=[2])
+    with audit.recording() as records:
+        ev = E.run_protocol(data, P, zoo, scores, perf, E.truth_predictions(data, perf, "linear_probe", 1),
+                            {"autoencoder": data}, vectors, tmp_path)
+    folds = {f.name: f for fs in ev.folds.values() for f in fs}
+    components = {r.component for r in records}
+    assert {"ranker", "autoencoder", "standardiser", "popularity", "stacking"} <= components
+    for r in records:
+        f = folds[r.fold]
+        assert not r.tasks & set(f.test_tasks), (r.component, r.fold)
+        if f.holds_out_models:
+            assert not r.models & {data.model_ids[i] for i in f.test_models}, (r.component, r.fold)
+    lmo_autoencoders = [r for r in records if r.component == "autoencoder"]
+    assert lmo_autoencoders and all(folds[r.fold].holds_out_models for r in lmo_autoencoders)
+    # what was scored: the same lists for every method of a fold kind
+    lists = ev.per_task.groupby("method").size()
+    assert lists.nunique() == 1 and {"ranker", "ranker:no_dataset_tokens", "popularity", "oracle"} <= set(lists.index)
+    assert ev.ldo.loc["oracle", "weighted_tau"] == pytest.approx(1.0)
+    assert ev.ldo.loc["ranker", "seeds"] == 2 and np.isfinite(ev.ldo.loc["ranker", "weighted_tau_sd"])
+    assert "popularity" not in set(ev.lmo_per_list.method)  # would need the unseen models' accuracies
+    # the frontier: k = 0, 2 and all probed, two policies; logme restricted to the same probes; stacking
+    front = E.frontier(ev.ldo, len(data.model_ids), {"logme", "nce"}).set_index(["method", "k"])
+    assert {("ranker", 0), ("ranker+top", 2), ("ranker+top", 9), ("ranker+uncertain", 2), ("logme", 2),
+            ("logme", 9), ("stacking", 9)} <= set(front.index)
+    assert front.loc[("ranker+top", 9), "seconds"] > front.loc[("ranker+top", 2), "seconds"] > front.loc[("ranker", 0), "seconds"]
+    # logme restricted to the top-2 probes ranks those two by logme: on every task, its top model is one of them
+    assert front.loc[("logme", 9), "weighted_tau"] > front.loc[("nce", 9), "weighted_tau"]
+
+
+def test_audit_catches_a_leak():
+    """The check above is not vacuous: a ranker fitted on every task shows up in the record."""
+    data, _, _, _ = tiny_world()
+    P = tiny_params()
+    fold = protocol.make_folds(data)[0]
+    with audit.recording() as records, audit.fold(fold.name):
+        from ptmrec.ranker import fit_ranker
+
+        fit_ranker(data, data.task_ids, P.ranker, P.train, seed=0)  # the bug: test tasks among the training ones
+    assert any(r.tasks & set(fold.test_tasks) for r in records)
+
+
+def test_collapse_seeds_and_paired_test():
+    table = pd.DataFrame([dict(method=m, fold="f", task_id=f"t{i}", n_models=5, weighted_tau=v, weighted_tau_gt=v,
+                               top1_regret=0.0)
+                          for i in range(8) for m, v in (("ranker#s0", 0.2 + 0.1 * i), ("ranker#s1", 0.4 + 0.1 * i),
+                                                         ("logme", 0.1 * i))])
+    collapsed, spread = E.collapse_seeds(table)
+    r = collapsed[collapsed.method == "ranker"].sort_values("task_id")
+    assert r.weighted_tau.tolist() == pytest.approx([0.3 + 0.1 * i for i in range(8)])
+    summary = E.summarize(collapsed, spread)
+    assert summary.loc["ranker", "weighted_tau_sd"] == pytest.approx(np.std([0.55, 0.75], ddof=1))
+    test = E.paired_test(collapsed, "ranker", "logme")
+    assert test["mean_diff"] == pytest.approx(0.3) and test["p_value"] < 0.01 and test["n"] == 8
+
+
+def test_saturation_counts_ties_and_d_over_n():
+    rows = [dict(scorer="hscore", task_id=t, model_id=m, score=1.0, n=10, dim=64) for t in "ab" for m in "xyz"]
+    rows += [dict(scorer="logme", task_id=t, model_id=m, score=s, n=100, dim=64)
+             for t in "ab" for m, s in zip("xyz", (0.1, 0.2, 0.2))]
+    sat = saturation(pd.DataFrame(rows))
+    assert sat.loc["hscore"].tolist()[1:] == [1.0, 1.0, 1.0]
+    assert sat.loc["logme", "d_over_n"] == 0 and sat.loc["logme", "tied"] == pytest.approx(2 / 3)
+    assert sat.loc["logme", "constant_tasks"] == 0
+
+
+def test_static_priors_rank_imagenet_and_size():
+    data, zoo, _, _ = tiny_world()
+    pri = protocol.static_priors(data, zoo, protocol.make_folds(data)[:1])
+    one = pri[(pri.method == "imagenet_first") & (pri.task_id == pri.task_id.iloc[0])].set_index("model_id").score
+    assert one.idxmax() == "lite-imagenet" and one["lite-ft-a"] > one["vit-w16-c"]
+    pop = pri[(pri.method == "popularity") & (pri.task_id == pri.task_id.iloc[0])].set_index("model_id").score
+    fold = protocol.make_folds(data)[0]
+    expected = data.accuracy[[data.task_ids.index(t) for t in fold.train_tasks]].mean(0)
+    assert pop.reindex(data.model_ids).to_numpy() == pytest.approx(expected)
+
+
+def test_inner_grid_is_validated_up_front():
+    from ptmrec.params import ParamsError
+
+    with pytest.raises(ParamsError, match="inner_grid has 'learning_rate'"):
+        from_dict({"evaluate": {"inner_grid": {"learning_rate": [1]}}})
+    with pytest.raises(ParamsError, match="inner_grid.d_model"):
+        from_dict({"evaluate": {"inner_grid": {"d_model": ["big"]}}})
+    assert dataclasses.asdict(from_dict({}).evaluate)["seeds"] >= 3
+
+
+def test_probe_policies_and_restricted_estimator():
+    from ptmrec.probing import choose_probes, estimator_at_k
+    from ptmrec.ranker import standardize_evidence
+
+    prior = np.array([0.1, 0.9, 0.5, 0.7])
+    assert choose_probes("top", 2, prior).tolist() == [False, True, False, True]
+    spread = np.array([0.0, 0.0, 0.5, 0.0])  # model 2 is uncertain: 0.5 + 0.5 beats 0.7
+    assert choose_probes("uncertain", 2, prior, spread).tolist() == [False, True, True, False]
+    probed = np.array([False, True, False, True])
+    scores = estimator_at_k(np.array([9.0, 1.0, 9.0, 2.0]), prior, probed)
+    assert np.argsort(-scores).tolist() == [3, 1, 2, 0]  # probed by the estimator first, the rest by the prior
+    z = standardize_evidence(np.array([[1.0], [2.0], [3.0], [np.nan]]), np.array([True, True, True, False]))
+    assert z[:, 0].tolist() == pytest.approx([-1.2247, 0.0, 1.2247, 0.0], abs=1e-4)
+    assert not standardize_evidence(np.ones((3, 2)), np.array([True, False, False])).any()  # one probe: no scale
+
+
+def test_stacking_learns_which_estimator_to_trust():
+    from ptmrec.probing import fit_stacking
+
+    data, _, _, _ = tiny_world()
+    data = attach_evidence(data, tiny_scores(data), ["logme", "nce"])
+    w = fit_stacking(data, data.task_ids[:6], np.arange(len(data.model_ids)))
+    assert w[0] > 0.5 and abs(w[1]) < 0.3  # logme tracks accuracy, nce is noise
