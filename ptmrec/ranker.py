@@ -249,6 +249,8 @@ class RankerConfig:
     model_tokens: str = "autoencoder"  # autoencoder | vectors | ids
     dataset_tokens: bool = True
     evidence_dim: int = 0  # F: estimator features of probed models (0 = none)
+    candidate_attention: str = "full"  # full | induced
+    inducing: int = 16  # inducing points of candidate_attention "induced"
 
     @classmethod
     def from_params(cls, rp: RankerParams, model_dim: int, dataset_dim: int, n_models: int,
@@ -291,15 +293,48 @@ class _Inputs(nn.Module):
         return self.encoder(self.data_in(dataset_tokens), src_key_padding_mask=mask), mask
 
 
+class InducedDecoderLayer(nn.Module):
+    """A pre-norm decoder layer whose candidates exchange information through ``m`` learned inducing points
+    (the ISAB of Set Transformer, Lee et al., ICML 2019) instead of full self-attention: the m points attend
+    to the N candidates, the candidates attend back to those m summaries, then to the dataset memory.
+    Cost O(N m + N M) instead of O(N^2): a hub of 100,000 candidates fits in one pass."""
+
+    def __init__(self, d: int, heads: int, ff: int, dropout: float, m: int):
+        super().__init__()
+        self.inducing = nn.Parameter(torch.randn(1, m, d) * 0.02)  # [1, m, d]
+        attn = lambda: nn.MultiheadAttention(d, heads, dropout=dropout, batch_first=True)  # noqa: E731
+        self.pool, self.back, self.cross = attn(), attn(), attn()
+        self.norms = nn.ModuleList(nn.LayerNorm(d) for _ in range(4))
+        self.ff = nn.Sequential(nn.Linear(d, ff), nn.ReLU(), nn.Dropout(dropout), nn.Linear(ff, d))
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, memory: torch.Tensor, memory_key_padding_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """x [B, N, d] candidates, memory [B, M, d] -> [B, N, d]."""
+        h = self.norms[0](x)
+        summary = self.pool(self.inducing.expand(len(x), -1, -1), h, h, need_weights=False)[0]  # [B, m, d]
+        x = x + self.drop(self.back(self.norms[1](x), summary, summary, need_weights=False)[0])
+        h = self.norms[2](x)
+        x = x + self.drop(self.cross(h, memory, memory, key_padding_mask=memory_key_padding_mask, need_weights=False)[0])
+        return x + self.drop(self.ff(self.norms[3](x)))
+
+
 class RankingCrossAttentionTransformer(nn.Module):
-    """Dataset tokens as source (encoder), model tokens as target (decoder); a score per model."""
+    """Dataset tokens as source (encoder), model tokens as target (decoder); a score per model.
+
+    ``candidate_attention``: ``full`` self-attention across the candidates (O(N^2)), or ``induced`` through
+    ``inducing`` learned points (``InducedDecoderLayer``, O(N)).
+    """
 
     def __init__(self, cfg: RankerConfig):
         super().__init__()
         self.cfg, d = cfg, cfg.d_model
         self.inputs = _Inputs(cfg)
-        layer = nn.TransformerDecoderLayer(d, cfg.heads, 2 * d, cfg.dropout, batch_first=True, norm_first=True)
-        self.decoder = nn.TransformerDecoder(layer, cfg.layers)
+        if cfg.candidate_attention == "induced":
+            self.decoder = nn.ModuleList(InducedDecoderLayer(d, cfg.heads, 2 * d, cfg.dropout, cfg.inducing)
+                                         for _ in range(cfg.layers))
+        else:
+            layer = nn.TransformerDecoderLayer(d, cfg.heads, 2 * d, cfg.dropout, batch_first=True, norm_first=True)
+            self.decoder = nn.TransformerDecoder(layer, cfg.layers)
         self.head = nn.Sequential(nn.LayerNorm(d), nn.Linear(d, 1))
 
     def forward(self, model_tokens: torch.Tensor, dataset_tokens: torch.Tensor, dataset_mask: torch.Tensor | None = None,
@@ -307,8 +342,12 @@ class RankingCrossAttentionTransformer(nn.Module):
                 probed: torch.Tensor | None = None) -> torch.Tensor:
         """-> scores [B, N], higher = predicted to transfer better."""
         memory, mask = self.inputs.dataset(dataset_tokens, dataset_mask)  # [B, M, d]
-        tgt = self.inputs.models(model_tokens, model_indices, evidence, probed)  # [B, N, d]
-        out = self.decoder(tgt, memory, memory_key_padding_mask=mask)  # [B, N, d]
+        out = self.inputs.models(model_tokens, model_indices, evidence, probed)  # [B, N, d]
+        if isinstance(self.decoder, nn.ModuleList):
+            for layer in self.decoder:
+                out = layer(out, memory, memory_key_padding_mask=mask)
+        else:
+            out = self.decoder(out, memory, memory_key_padding_mask=mask)  # [B, N, d]
         return self.head(out).squeeze(-1)
 
 
@@ -346,6 +385,8 @@ ARCHITECTURES = {"cross_attention": RankingCrossAttentionTransformer, "similarit
 def build_ranker(cfg: RankerConfig) -> nn.Module:
     if cfg.architecture not in ARCHITECTURES:
         raise ValueError(f"ranker.architecture '{cfg.architecture}'; valid: {', '.join(ARCHITECTURES)}")
+    if cfg.candidate_attention not in ("full", "induced"):
+        raise ValueError(f"ranker.candidate_attention '{cfg.candidate_attention}'; valid: full, induced")
     if cfg.model_tokens not in ("autoencoder", "vectors", "ids"):
         raise ValueError(f"ranker.model_tokens '{cfg.model_tokens}'; valid: autoencoder, vectors, ids")
     return ARCHITECTURES[cfg.architecture](cfg)

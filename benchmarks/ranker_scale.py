@@ -1,0 +1,68 @@
+"""How ranking time grows with the number of candidate models: full vs induced candidate attention.
+
+    .venv/bin/python benchmarks/ranker_scale.py            # writes benchmarks/results/ranker_scale.{json,png}
+
+Random model tokens (512-d) and 64 dataset tokens (256-d), the default ranker size (d_model 128, 2 layers,
+4 heads), batch 1, eval mode, no gradient; median of ``REPEATS`` calls after one warm-up, torch's default
+threads. Full self-attention is skipped past ``FULL_MAX`` candidates (its memory grows as N^2).
+Goals (issue 15): 10,000 candidates in at most 1 s, 100,000 in at most 10 s.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ptmrec.ranker import RankerConfig, build_ranker
+
+SIZES = [50, 500, 2_000, 5_000, 10_000, 30_000, 100_000]
+FULL_MAX = 10_000
+REPEATS = 3
+OUT = Path(__file__).resolve().parent / "results"
+
+
+def time_one(kind: str, n: int) -> float:
+    torch.manual_seed(0)
+    cfg = RankerConfig("cross_attention", model_dim=512, dataset_dim=256, n_models=n, candidate_attention=kind)
+    model = build_ranker(cfg).eval()
+    mt, dt = torch.randn(1, n, 512), torch.randn(1, 64, 256)
+    with torch.inference_mode():
+        model(mt, dt)
+        times = []
+        for _ in range(REPEATS):
+            t0 = time.perf_counter()
+            model(mt, dt)
+            times.append(time.perf_counter() - t0)
+    return float(np.median(times))
+
+
+def main() -> dict:
+    rows = [dict(candidate_attention=kind, n=n, seconds=round(time_one(kind, n), 4))
+            for kind in ("full", "induced") for n in SIZES if kind == "induced" or n <= FULL_MAX]
+    result = dict(rows=rows, threads=torch.get_num_threads(), repeats=REPEATS,
+                  machine=f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+                  load_average=os.getloadavg(), date=time.strftime("%Y-%m-%d %H:%M"))
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / "ranker_scale.json").write_text(json.dumps(result, indent=2) + "\n")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    for kind in ("full", "induced"):
+        r = [x for x in rows if x["candidate_attention"] == kind]
+        ax.loglog([x["n"] for x in r], [x["seconds"] for x in r], marker="o", label=kind)
+    ax.axhline(1, ls=":", c="grey", lw=0.7)
+    ax.axhline(10, ls=":", c="grey", lw=0.7)
+    ax.set(xlabel="candidate models", ylabel="seconds per ranking", title="ranker forward pass, batch 1")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(OUT / "ranker_scale.png", dpi=150)
+    return result
+
+
+if __name__ == "__main__":
+    print(json.dumps(main(), indent=2))
