@@ -238,7 +238,7 @@ def reference_scores(perf: pd.DataFrame, profile: pd.DataFrame, method: str, see
                      noise_seed: int | None = None) -> pd.DataFrame:
     """Reference predictors in the (task, model, method, score) form, from the ground truth of ``method``:
 
-    ``oracle`` (the true accuracy of run ``seed``), ``random`` (seeded uniform scores), ``most-params``
+    ``oracle`` (the true accuracy of run ``seed``), ``random`` (seeded uniform scores), ``most_params``
     (bigger is better: a hardware-blind rule of thumb) and ``groundtruth-seed<k>`` (the accuracies of the
     second ground-truth run, ``noise_seed``: how well the truth predicts itself, the noise ceiling).
     """
@@ -250,7 +250,7 @@ def reference_scores(perf: pd.DataFrame, profile: pd.DataFrame, method: str, see
     rng = np.random.default_rng(seed)
     out = [main.assign(method="oracle", score=main.accuracy),
            main.assign(method="random", score=rng.random(len(main))),
-           main.assign(method="most-params", score=main.model.map(profile["params"]).astype(float))]
+           main.assign(method="most_params", score=main.model.map(profile["params"]).astype(float))]
     if noise_seed is not None and "seed" in p.columns and (p.seed == noise_seed).any():
         noise = p[(p.seed == noise_seed) & p.model.isin(profile.index)]
         out.append(noise.assign(method=f"groundtruth-seed{noise_seed}", score=noise.accuracy))

@@ -170,8 +170,8 @@ def frontier(summary: pd.DataFrame, n_models: int, estimators: Iterable[str], me
             kind, k_ = method, 0
         elif base.startswith(f"{method}+") and k:
             kind, k_ = base, n_models if k == "all" else int(k)
-        elif base in estimators:
-            kind, k_ = base, n_models if not k or k == "all" else int(k)
+        elif base in estimators and k != "all":  # "<estimator>@all" repeats the estimator itself
+            kind, k_ = base, n_models if not k else int(k)
         elif name == "stacking":
             kind, k_ = "stacking", n_models
         else:

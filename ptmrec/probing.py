@@ -38,20 +38,18 @@ def attach_evidence(data: RankingData, scores: pd.DataFrame, names: list[str]) -
         raise ValueError(f"ranker.evidence names {missing}, which stage 05 did not score; scored: "
                          f"{', '.join(sorted(set(scores.scorer)))}")
     s = scores[scores.scorer.isin(names)]
-    ev = np.full((len(data.task_ids), len(data.model_ids), len(names)), np.nan, np.float32)
-    secs = np.zeros((len(data.task_ids), len(data.model_ids)))
+    shape = (len(data.task_ids), len(data.model_ids), len(names))
+    ev, scorer_secs = np.full(shape, np.nan, np.float32), np.zeros(shape)
+    forward = np.zeros(shape[:2])
     ti = {t: i for i, t in enumerate(data.task_ids)}
     mi = {m: j for j, m in enumerate(data.model_ids)}
     fi = {n: f for f, n in enumerate(names)}
     for r in s.itertuples():
         if r.task_id in ti and r.model_id in mi:
-            ev[ti[r.task_id], mi[r.model_id], fi[r.scorer]] = r.score
-            secs[ti[r.task_id], mi[r.model_id]] += r.seconds
-    fwd = s.drop_duplicates(["task_id", "model_id"])
-    for r in fwd.itertuples():
-        if r.task_id in ti and r.model_id in mi:
-            secs[ti[r.task_id], mi[r.model_id]] += r.forward_seconds
-    return dataclasses.replace(data, evidence=ev, evidence_names=list(names), probe_seconds=secs)
+            i, j = ti[r.task_id], mi[r.model_id]
+            ev[i, j, fi[r.scorer]], scorer_secs[i, j, fi[r.scorer]], forward[i, j] = r.score, r.seconds, r.forward_seconds
+    return dataclasses.replace(data, evidence=ev, evidence_names=list(names), forward_seconds=forward,
+                               evidence_seconds=scorer_secs, probe_seconds=forward + scorer_secs.sum(2))
 
 
 @torch.no_grad()

@@ -212,9 +212,11 @@ def probed_predictions(model: nn.Module, data: RankingData, fold: Fold, max_toke
             if not references or policy != "top":
                 continue
             for f, est in enumerate(data.evidence_names):
+                own = {t: float((data.forward_seconds[rows[t]] + data.evidence_seconds[rows[t], :, f])[cand][probed[t]].sum())
+                       for t in fold.test_tasks}  # its forward passes and itself, no other estimator
                 out.append(pd.DataFrame([
                     dict(method=f"{est}@{label}", fold=fold.name, task_id=t, model_id=data.model_ids[j], score=float(v),
-                         seconds=probe_cost[t])
+                         seconds=own[t])
                     for t in fold.test_tasks
                     for j, v in zip(cand, estimator_at_k(data.evidence[rows[t]][cand, f], priors[t], probed[t]))]))
     return out

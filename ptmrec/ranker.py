@@ -58,6 +58,8 @@ class RankingData:
     evidence: np.ndarray | None = None  # float32 [T, N_models, F]: estimator scores of a forward pass; NaN = none
     evidence_names: list[str] = field(default_factory=list)  # [F] the estimators behind the evidence columns
     probe_seconds: np.ndarray | None = None  # float [T, N_models]: forward pass + those estimators, per model
+    forward_seconds: np.ndarray | None = None  # float [T, N_models]: the forward pass alone
+    evidence_seconds: np.ndarray | None = None  # float [T, N_models, F]: each estimator alone
 
     def accuracy_of(self, task_id: str) -> np.ndarray:
         return self.accuracy[self.task_ids.index(task_id)]
@@ -380,14 +382,17 @@ class CustomSimilarityTransformer(nn.Module):
 
 
 ARCHITECTURES = {"cross_attention": RankingCrossAttentionTransformer, "similarity": CustomSimilarityTransformer}
+MODEL_TOKENS = ("autoencoder", "vectors", "ids")
+CANDIDATE_ATTENTION = ("full", "induced")
+LOSSES = ("listnet", "listmle", "pairwise")
 
 
 def build_ranker(cfg: RankerConfig) -> nn.Module:
     if cfg.architecture not in ARCHITECTURES:
         raise ValueError(f"ranker.architecture '{cfg.architecture}'; valid: {', '.join(ARCHITECTURES)}")
-    if cfg.candidate_attention not in ("full", "induced"):
+    if cfg.candidate_attention not in CANDIDATE_ATTENTION:
         raise ValueError(f"ranker.candidate_attention '{cfg.candidate_attention}'; valid: full, induced")
-    if cfg.model_tokens not in ("autoencoder", "vectors", "ids"):
+    if cfg.model_tokens not in MODEL_TOKENS:
         raise ValueError(f"ranker.model_tokens '{cfg.model_tokens}'; valid: autoencoder, vectors, ids")
     return ARCHITECTURES[cfg.architecture](cfg)
 
@@ -407,7 +412,7 @@ class RankingLoss(nn.Module):
 
     def __init__(self, kind: str = "listnet", temperature: float = 0.5):
         super().__init__()
-        if kind not in ("listnet", "listmle", "pairwise"):
+        if kind not in LOSSES:
             raise ValueError(f"ranker.loss '{kind}'; valid: listnet, listmle, pairwise")
         self.kind, self.temperature = kind, temperature
 

@@ -38,6 +38,7 @@ from .params import AutoEncoderParams, TrainParams
 log = logging.getLogger(__name__)
 
 TRAINERS: dict[str, type["Trainer"]] = {}
+SCHEDULERS = ("cosine", "plateau", "none")  # TrainParams.scheduler
 VECTORS_STAGE = "02_model_vectors"  # the stage folder holding vectors-*.npz (``ptmrec train --run``)
 
 
