@@ -35,15 +35,12 @@ from .pools import (DATASETS, INFO_KEYS, ROLES, DataMissingError, Pool, cache_fo
 
 log = logging.getLogger(__name__)
 
-LOADER_MODULES = ("offline",)  # ptmrec modules whose import registers offline datasets
 
 
 def list_datasets(pattern: str = "*") -> list[str]:
     """Names of the registered offline datasets (fnmatch ``pattern``), sorted."""
-    import importlib
+    from . import icons, offline, photos  # noqa: F401  (importing the loader modules registers their datasets)
 
-    for module in LOADER_MODULES:
-        importlib.import_module(f"{__package__}.{module}")
     return DATASETS.list(pattern)
 
 
@@ -330,7 +327,8 @@ def load_tasks(folder: Path) -> tuple[dict[str, Pool], list[Task]]:
         tid = r["task_id"]
         try:
             task = Task(tid, r["dataset"], r["domain"], r["classes"].split("|"), splits[f"{tid}/pool_classes"].tolist(),
-                        splits[f"{tid}/train"], splits[f"{tid}/test"], r["style"], splits[f"{tid}/fresh"])
+                        splits[f"{tid}/train"], splits[f"{tid}/test"], r.get("style") or "",
+                        splits.get(f"{tid}/fresh", np.zeros(0, np.int64)))  # older runs: no style, no fresh split
         except KeyError as e:
             raise ValueError(f"{folder / 'splits.npz'}: no split {e} for task {tid} of index.csv") from None
         if [pools[task.dataset].classes[c] for c in task.pool_classes] != task.classes:
@@ -344,7 +342,7 @@ def _read_index(path: Path) -> list[dict[str, str]]:
         raise FileNotFoundError(f"{path} not found: run stage 00 (zoo and tasks) first")
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f))
-    if not rows or set(INDEX_COLUMNS) - set(rows[0]):
+    if not rows or set(INDEX_COLUMNS) - {"style", "n_fresh"} - set(rows[0]):  # the two are new: older runs lack them
         raise ValueError(f"{path}: not a task index (need columns {', '.join(INDEX_COLUMNS)})")
     return rows
 

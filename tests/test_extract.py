@@ -98,6 +98,20 @@ def test_half_precision_file(tmp_path, tiny_zoo):
         assert np.array_equal(E.extract_file(tmp_path / "m.safetensors"), E.extract_state_dict(sd))
 
 
+def test_flat_by_hand_in_natural_order():
+    sd = {"b.10": torch.arange(4.0) + 20, "a.1": torch.arange(4.0), "b.2": torch.arange(4.0) + 10}
+    # order a.1, b.2, b.10 (natural, not lexicographic); 12 entries at floor((i + 0.5) * 12 / 6) = 1, 3, 5, ...
+    assert E.extract_state_dict(sd, "flat", 6).tolist() == [1, 3, 11, 13, 21, 23]
+
+
+def test_stats_global_features_by_hand():
+    sd = {"w": torch.tensor([[1.0, -1.0], [2.0, -2.0]]), "b": torch.tensor([3.0, 0.0, 0.0]), "n": torch.tensor(3)}
+    v = E.extract_state_dict(sd, "stats", 8192)
+    # 7 floats: one 2x2 matrix, one vector, one integer tensor left out; mean 3/7, rms sqrt(19/7), mean |w| 9/7
+    expected = [np.log(7), np.log(2), np.log(2), np.log(2), 4 / 7, 3 / 7, np.sqrt(19 / 7), 9 / 7]
+    np.testing.assert_allclose(v[8184:], expected, rtol=1e-6)
+
+
 def test_any_module_state_dict():
     layer = nn.TransformerEncoderLayer(32, 4, 64, batch_first=True)
     v = E.extract_state_dict(layer.state_dict(), "stats", 512)
@@ -160,7 +174,26 @@ def test_sharded_round_trip(tmp_path, tiny_zoo):
         E.load_vectors(tmp_path / "nothing")
 
 
-def test_time_extraction(tiny_zoo):
+def test_time_extraction_reports_rates_of_what_it_times(tiny_zoo, monkeypatch):
+    """Extraction made to take 60 ms and loading 5 ms per model: at most 16.7 and 200 models per second
+    (sleeps only overshoot), ratio about 1/12."""
+    import time
+
+    import safetensors.torch
+
+    root, _ = tiny_zoo
+    monkeypatch.setattr(E, "extract_file", lambda p, ex, n: time.sleep(0.06))
+    monkeypatch.setattr(safetensors.torch, "load_file", lambda p: time.sleep(0.005))
+    paths = [root / f / "model.safetensors" for f in ("resnet", "vit")]
+    r = E.time_extraction(paths, repeats=2)
+    assert r["models"] == 2
+    assert 5 <= r["extract_models_per_s"] <= 16.7 and 25 <= r["load_models_per_s"] <= 200
+    assert r["ratio"] == pytest.approx(r["extract_models_per_s"] / r["load_models_per_s"], abs=2e-3)
+    assert r["ratio"] < 0.4
+
+
+def test_time_extraction_runs_the_real_extractor(tiny_zoo):
     root, _ = tiny_zoo
     r = E.time_extraction([root / "resnet" / "model.safetensors"], repeats=1)
-    assert r["models"] == 1 and r["extract_models_per_s"] > 0 and r["ratio"] > 0
+    assert r["models"] == 1 and r["ratio"] == pytest.approx(r["extract_models_per_s"] / r["load_models_per_s"],
+                                                           rel=0.02, abs=1e-3)

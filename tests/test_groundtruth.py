@@ -25,11 +25,18 @@ def test_linear_probe_separable_vs_shuffled():
     assert G.linear_probe(x, shuffled, xt, yt) < 0.7
 
 
-def test_linear_probe_is_deterministic_and_handles_constant_columns():
-    x, y = blobs(10, 2, 8, sep=2.0, seed=3)
-    x[:, 0] = 5.0  # a constant feature must not produce NaN
-    a = G.linear_probe(x, y, x, y)
-    assert a == G.linear_probe(x, y, x, y) and 0.5 <= a <= 1.0
+def test_linear_probe_scores_the_test_split_and_ignores_constant_or_rescaled_columns():
+    x, y = blobs(10, 2, 8, sep=0.4, seed=3)
+    xt, yt = blobs(40, 2, 8, sep=0.4, seed=3)
+    xt = xt + np.random.default_rng(5).normal(size=xt.shape)
+    a = G.linear_probe(x, y, xt, yt)
+    assert 0.5 < a < 1.0  # a case where a mistake shows
+    assert G.linear_probe(x, y, xt, 1 - yt) == pytest.approx(1 - a)  # accuracy on the test labels given
+    # a constant feature is standardised away (no NaN, same predictions); features are standardised per column
+    const = lambda f: np.c_[np.full((len(f), 1), 5.0), f]  # noqa: E731
+    assert G.linear_probe(const(x), y, const(xt), yt) == a
+    scale = np.linspace(0.01, 100.0, 8)
+    assert G.linear_probe(x * scale + 3.0, y, xt * scale + 3.0, yt) == pytest.approx(a)
 
 
 def _images(n_per_class: int, seed: int):

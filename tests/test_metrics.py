@@ -2,7 +2,6 @@
 import numpy as np
 import pandas as pd
 import pytest
-from scipy import stats
 
 from ptmrec import metrics as M
 
@@ -18,20 +17,57 @@ def test_perfect_and_reversed_orders():
     assert bad["top1_regret"] == pytest.approx(0.6)
 
 
-def test_weighted_tau_variants_are_scipys():
+def _weighted_tau_by_hand(x, y, rank_by):
+    """Vigna (WWW 2015), no ties: pairs weighted w(r_i) + w(r_j), w(r) = 1 / (r + 1), r = rank by ``rank_by``
+    (0 = highest); tau = sum w_ij sign(x_i - x_j) sign(y_i - y_j) / sum w_ij. A slow, explicit loop."""
+    n = len(x)
+    r = {i: pos for pos, i in enumerate(sorted(range(n), key=lambda i: -rank_by[i]))}
+    num = den = 0.0
+    for i in range(n):
+        for j in range(i + 1, n):
+            w = 1 / (r[i] + 1) + 1 / (r[j] + 1)
+            num += w * np.sign(x[i] - x[j]) * np.sign(y[i] - y[j])
+            den += w
+    return num / den
+
+
+def test_weighted_tau_variants_by_hand():
+    # pair weights by truth rank (w = 1, 1/2, 1/3, 1/4): 3/2, 4/3, 5/4, 5/6, 3/4, 7/12; total 6.25
+    top_swap = np.array([0.7, 0.9, 0.5, 0.3])     # models 0 and 1 swapped: the pair of weight 3/2 is wrong
+    bottom_swap = np.array([0.9, 0.7, 0.3, 0.5])  # models 2 and 3 swapped: the pair of weight 7/12 is wrong
+    for fn in (M.weighted_tau, M.weighted_tau_gt):
+        assert fn(truth, top_swap) == pytest.approx((6.25 - 2 * 1.5) / 6.25)
+        assert fn(truth, bottom_swap) == pytest.approx((6.25 - 2 * 7 / 12) / 6.25)
+    assert M.kendall(truth, top_swap) == pytest.approx(4 / 6)  # 5 concordant, 1 discordant pair
+    assert M.spearman(truth, top_swap) == pytest.approx(1 - 6 * 2 / (4 * (16 - 1)))  # rank differences 1, -1
+    # pearson: centred x = [-1.5, -.5, .5, 1.5], centred y = [-1.75, -.75, .25, 2.25]
+    assert M.pearson(np.array([1.0, 2, 3, 4]), np.array([1.0, 2, 3, 5])) == pytest.approx(6.5 / np.sqrt(5 * 8.75))
+    # weighted_tau averages the rankings by truth and by prediction; weighted_tau_gt uses the truth's only
     rng = np.random.default_rng(0)
-    t, p = rng.random(12), rng.random(12)
-    assert M.weighted_tau(t, p) == pytest.approx(stats.weightedtau(t, p).statistic)
-    assert M.weighted_tau_gt(t, p) == pytest.approx(stats.weightedtau(t, p, rank=None).statistic)
+    t, p = rng.random(9), rng.random(9)
+    sym = (_weighted_tau_by_hand(t, p, t) + _weighted_tau_by_hand(t, p, p)) / 2
+    assert M.weighted_tau(t, p) == pytest.approx(sym, abs=1e-12)
+    assert M.weighted_tau_gt(t, p) == pytest.approx(_weighted_tau_by_hand(t, p, t), abs=1e-12)
+    assert abs(M.weighted_tau_gt(t, p) - M.weighted_tau(t, p)) > 0.01  # the case tells the two apart
     assert M.weighted_tau_gt(t, p) != pytest.approx(M.weighted_tau_gt(p, t))  # weights follow the truth only
 
 
 def test_constant_prediction_scores_zero_not_nan():
     out = M.task_metrics(truth, np.zeros(4))
     assert all(np.isfinite(v) for v in out.values())
-    assert out["kendall"] == 0 and out["pearson"] == 0
-    assert out["top1_regret"] == 0  # ties resolve to the first model, which here happens to be the best
-    assert M.top1_regret(truth[::-1], np.zeros(4)) == pytest.approx(0.6)
+    assert out["kendall"] == 0 and out["pearson"] == 0 and out["spearman"] == 0
+    assert out["weighted_tau"] == 0 and out["weighted_tau_gt"] == 0
+
+
+def test_top1_regret_of_a_tie_is_the_mean_over_the_tied_models():
+    # a constant predictor picks a random model: expected regret mean(0, .2, .4, .6) = 0.3, whatever the order
+    assert M.top1_regret(truth, np.zeros(4)) == pytest.approx(0.3)
+    assert M.top1_regret(truth[::-1], np.zeros(4)) == pytest.approx(0.3)
+    assert M.top1_regret(truth, np.array([1.0, 0.0, 1.0, 0.5])) == pytest.approx((0 + 0.4) / 2)
+    assert M.top1_regret(truth, np.array([0.0, 1.0, 1.0, 1.0])) == pytest.approx((0.2 + 0.4 + 0.6) / 3)
+    assert M.top1_regret(truth, np.array([0.0, 1.0, 0.2, 0.3])) == pytest.approx(0.2)  # no tie: model 1
+    assert M.top1_regret(truth, np.array([0.0, 0.3, 0.2, 1.0])) == pytest.approx(0.6)
+    assert M.task_metrics(truth, np.zeros(4))["top1_regret"] == pytest.approx(0.3)
 
 
 def test_ndcg_by_hand():

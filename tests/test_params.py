@@ -83,3 +83,28 @@ def test_section_hash_is_stable_and_sensitive():
     assert a.section_hash("zoo") == params.Params().section_hash("zoo")
     assert a.section_hash("zoo") != b.section_hash("zoo")
     assert a.section_hash("tasks") == b.section_hash("tasks")
+
+
+@pytest.mark.parametrize("section, key, value", [
+    ("ranker", "loss", "hinge"), ("tokens", "kind", "patches"), ("train", "scheduler", "step"),
+    ("extract", "extractor", "histogram"), ("encoder", "name", "clip-large"), ("baselines", "scorers", ["logme", "nope"]),
+    ("tasks", "datasets", {"not-a-dataset": 2}), ("evaluate", "ablations", ["no_brain"]),
+])
+def test_every_choice_is_checked_before_any_work(section, key, value):
+    from ptmrec.checks import check_choices
+    from ptmrec.params import ParamsError, from_dict
+
+    P = from_dict({section: {key: value}})  # types are fine: only the registries know the value is wrong
+    with pytest.raises(ParamsError, match=rf"'{section}\.{key}' has .*not valid; valid: "):
+        check_choices(P)
+
+
+def test_run_all_refuses_an_unknown_choice_before_any_stage(tmp_path):
+    import os
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("ranker:\n  loss: hinge\n")
+    r = subprocess.run([str(REPO / "run_all.sh"), str(bad)], capture_output=True, text=True,
+                       env={**os.environ, "PTMREC_RUNS": str(tmp_path / "runs")}, timeout=600)
+    assert r.returncode != 0 and "'ranker.loss' has 'hinge'" in r.stderr + r.stdout
+    assert not (tmp_path / "runs" / "bad" / "00_zoo_and_tasks").exists()

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import re
 
 import numpy as np
@@ -54,20 +55,87 @@ def test_standardizer_and_save_load(tmp_path):
         ModelAutoEncoder.load(tmp_path / "ae")
 
 
-def test_loss_variants_and_l1_penalty():
-    x = torch.from_numpy(_vectors(6))
-    torch.manual_seed(0)
-    ae = ModelAutoEncoder(SMALL)
-    ae.set_standardizer(x.numpy())
-    total0, parts = ae.loss(x)
-    assert set(parts) == {"recon", "code_l1"} and total0.item() == pytest.approx(parts["recon"])
-    pen = ModelAutoEncoder(dataclasses.replace(SMALL, code_l1_penalty=0.5))
-    pen.load_state_dict(ae.state_dict())
-    total, p = pen.loss(x)
-    assert total.item() == pytest.approx(p["recon"] + 0.5 * p["code_l1"], rel=1e-5)
-    sl1 = ModelAutoEncoder(dataclasses.replace(SMALL, reconstruction_loss="smooth_l1"))
-    sl1.load_state_dict(ae.state_dict())
-    assert sl1.loss(x)[0].item() != pytest.approx(total0.item())
+def _hand_autoencoder(**cfg) -> ModelAutoEncoder:
+    """2 -> 1 -> 2 linear autoencoder: code = z0, reconstruction = (z0, 0), z the standardised input;
+    standardiser mean (1, 0), std (2, 2)."""
+    ae = ModelAutoEncoder(AutoEncoderParams(input_dim=2, code_dim=1, hidden=[], dropout=0.0, **cfg))
+    with torch.no_grad():
+        ae.encoder[0].weight.copy_(torch.tensor([[1.0, 0.0]]))
+        ae.encoder[0].bias.zero_()
+        ae.decoder[0].weight.copy_(torch.tensor([[1.0], [0.0]]))
+        ae.decoder[0].bias.zero_()
+        ae.mean.copy_(torch.tensor([1.0, 0.0]))
+        ae.std.copy_(torch.tensor([2.0, 2.0]))
+    return ae
+
+
+# x = [[3, 2], [1, -4]] -> z = [[1, 1], [0, -2]], code = [1, 0], reconstruction (standardised) [[1, 0], [0, 0]]:
+# errors [[0, -1], [0, 2]]. In raw units the errors would be twice as large.
+X_HAND = torch.tensor([[3.0, 2.0], [1.0, -4.0]])
+
+
+@pytest.mark.parametrize("loss, penalty, recon", [
+    ("mse", 0.0, (0 + 1 + 0 + 4) / 4),                 # mean of squared standardised errors
+    ("mse", 0.5, (0 + 1 + 0 + 4) / 4),
+    ("smooth_l1", 0.0, (0 + 0.5 + 0 + 1.5) / 4),       # |e| >= 1: |e| - 0.5 (beta 1)
+    ("smooth_l1", 2.0, (0 + 0.5 + 0 + 1.5) / 4),
+])
+def test_autoencoder_loss_variants_by_hand(loss, penalty, recon):
+    ae = _hand_autoencoder(reconstruction_loss=loss, code_l1_penalty=penalty)
+    total, parts = ae.loss(X_HAND)
+    code_l1 = (1 + 0) / 2                               # mean |code|
+    assert parts == pytest.approx({"recon": recon, "code_l1": code_l1})
+    assert total.item() == pytest.approx(recon + penalty * code_l1)
+    recon_raw, code = ae(X_HAND)                         # forward: back in the input's units
+    assert torch.allclose(code, torch.tensor([[1.0], [0.0]]))
+    assert torch.allclose(recon_raw, torch.tensor([[3.0, 0.0], [1.0, 0.0]]))
+
+
+def test_autoencoder_gradient_step_reduces_the_hand_loss():
+    ae = _hand_autoencoder()
+    total, _ = ae.loss(X_HAND)
+    total.backward()
+    # d loss / d decoder bias_k = sum over the batch of 2 (recon_k - z_k) / 4 (4 elements in the mean):
+    # k = 0: errors 0, 0; k = 1: errors -1, +2 -> 2 (1) / 4, so the bias moves towards mean(z_1) = -0.5
+    assert torch.allclose(ae.decoder[0].bias.grad, torch.tensor([0.0, 2 * (-1 + 2) / 4]))
+    with torch.no_grad():
+        for p in ae.parameters():
+            p -= 0.1 * p.grad
+    assert ae.loss(X_HAND)[0].item() < total.item()
+
+
+def test_ranking_loss_variants_by_hand():
+    """The Trainer's other loss (stage 06, ranker.RankingLoss), on one list of 3 models."""
+    from ptmrec.ranker import RankingLoss
+
+    truth = torch.tensor([[0.2, 0.9, 0.5]])
+    scores = torch.tensor([[0.0, 1.0, 2.0]])
+    sp = F.softplus
+    # ListMLE: truth order 1, 2, 0 -> sum_i log sum_{j >= i} exp(s_j) - s_i
+    listmle = (np.log(np.e + np.e ** 2 + 1) - 1) + (np.log(np.e ** 2 + 1) - 2) + 0.0
+    assert RankingLoss("listmle")(scores, truth).item() == pytest.approx(listmle, rel=1e-6)
+    # pairwise: (1 > 0) gap .7, score diff 1; (1 > 2) gap .4, diff -1; (2 > 0) gap .3, diff 2
+    pairwise = (0.7 * sp(torch.tensor(-1.0)) + 0.4 * sp(torch.tensor(1.0)) + 0.3 * sp(torch.tensor(-2.0))) / 1.4
+    assert RankingLoss("pairwise")(scores, truth).item() == pytest.approx(pairwise.item(), rel=1e-6)
+    # ListNet: z = standardised truth (unbiased std), target = softmax(z / 0.5), cross-entropy with softmax(scores)
+    t = np.array([0.2, 0.9, 0.5])
+    z = (t - t.mean()) / t.std(ddof=1)
+    target = np.exp(z / 0.5) / np.exp(z / 0.5).sum()
+    logp = np.array([0.0, 1.0, 2.0]) - np.log(np.exp([0.0, 1.0, 2.0]).sum())
+    assert RankingLoss("listnet")(scores, truth).item() == pytest.approx(-(target * logp).sum(), rel=1e-6)
+    # a batch is the mean of its lists; scores in the true order cost less than reversed ones
+    batch = torch.cat([truth, truth[:, [2, 0, 1]]])
+    for kind in ("listnet", "listmle", "pairwise"):
+        loss = RankingLoss(kind)
+        s2 = torch.cat([scores, scores[:, [2, 0, 1]]])
+        assert loss(s2, batch).item() == pytest.approx(loss(scores, truth).item(), rel=1e-6)
+        assert loss(10 * truth, truth) < loss(-10 * truth, truth)
+        flat = torch.zeros(1, 3, requires_grad=True)
+        loss(flat, truth).backward()
+        assert flat.grad[0, 1] < 0 < flat.grad[0, 0]  # gradient descent raises the best model, lowers the worst
+
+
+def test_autoencoder_activation_choices():
     with pytest.raises(ValueError, match="activation"):
         ModelAutoEncoder(dataclasses.replace(SMALL, activation="tanh"))
     for act in ("relu", "leaky_relu"):
@@ -130,14 +198,48 @@ def test_early_stopping_history_and_best_weights(tmp_path):
     assert (tmp_path / "figures" / "scripted_loss.pdf").is_file() and (tmp_path / "figures" / "scripted_loss.png").is_file()
 
 
-@pytest.mark.parametrize("scheduler", ["cosine", "plateau", "none"])
-def test_schedulers_and_no_validation(scheduler):
+class LrSpy(Scripted):
+    """Records the learning rate every optimizer step of every epoch actually uses."""
+
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        self.used: dict[int, list[float]] = {}
+
+    def _train_batch(self, batch):
+        self.used.setdefault(self.epoch, []).append(self.optimizer.param_groups[0]["lr"])
+        return super()._train_batch(batch)
+
+
+# 8 epochs at lr 0.05. cosine: 0.05 (1 + cos(pi (e - 1) / 8)) / 2 in epoch e. plateau (patience
+# max(1, 8 // 4) = 2, factor 0.5) under a constant validation loss: epoch 1 sets the best, epochs 2-4 are
+# bad, so the lr halves after epoch 4 and again after epoch 7. none: constant.
+LR_SCHEDULES = {
+    "cosine": [0.05 * (1 + math.cos(math.pi * e / 8)) / 2 for e in range(8)],
+    "plateau": [0.05] * 4 + [0.025] * 3 + [0.0125],
+    "none": [0.05] * 8,
+}
+
+
+@pytest.mark.parametrize("scheduler", list(LR_SCHEDULES))
+def test_recorded_lr_is_the_lr_each_epoch_used(scheduler):
+    tp = TrainParams(epochs=8, scheduler=scheduler, lr=0.05, early_stopping_patience=8)
+    tr = LrSpy(nn.Linear(4, 1), tp, vals=[1.0] * 8, progress=False)
+    hist = tr.fit(_regression(), _regression())
+    assert len(hist) == 8 and not tr.stopped_early
+    for rec in hist:
+        used = tr.used[rec["epoch"]]
+        assert len(used) == 4 and len(set(used)) == 1  # one lr per epoch (the scheduler steps per epoch)
+        assert rec["lr"] == pytest.approx(used[0], rel=1e-12), rec["epoch"]
+    assert [r["lr"] for r in hist] == pytest.approx(LR_SCHEDULES[scheduler], rel=1e-9)
+
+
+@pytest.mark.parametrize("scheduler", list(LR_SCHEDULES))
+def test_no_validation_trains_to_the_end_and_bad_scheduler(scheduler):
     tp = TrainParams(epochs=6, scheduler=scheduler, lr=0.05, early_stopping_patience=2)
     tr = Scripted(nn.Linear(4, 1), tp, vals=[], progress=False)
     hist = tr.fit(_regression())  # no val loader: no early stopping, best by training loss
     assert len(hist) == 6 and hist[-1]["val_loss"] is None and hist[-1]["train_loss"] < hist[0]["train_loss"]
-    lrs = [r["lr"] for r in hist]
-    assert (lrs[-1] < lrs[0]) if scheduler == "cosine" else lrs[0] == 0.05
+    assert tr.best_epoch == int(np.argmin([r["train_loss"] for r in hist])) + 1
     with pytest.raises(ValueError, match="scheduler"):
         Scripted(nn.Linear(4, 1), TrainParams(scheduler="step"), vals=[])
 

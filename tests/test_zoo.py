@@ -34,9 +34,12 @@ def synth_pool(name: str, k: int = 3, per_class: int = 16, size: int = 24, seed:
     return Pool(name, images, labels.astype(np.int64), [f"{name}{j}" for j in range(k)])
 
 
+SCRATCH = {"simplecnn", "resnet", "mobilenet", "vit", "mlpmixer"}  # the tiny families trained from scratch
+
+
 def arch(family: str) -> dict:
     return dict(variant="lite0", num_classes=5, image_size=64) if family == "efficientnet_lite" else \
-        dict(width=8, num_classes=5, image_size=32)
+        dict(width=8, num_classes=5, image_size=32)  # the pretrained backbone families ignore width
 
 
 def config(model: torch.nn.Module, family: str, a: dict) -> dict:
@@ -50,8 +53,8 @@ def test_registry_lists_all_families():
         register_family("resnet")(lambda **kw: None)
 
 
-@pytest.mark.parametrize("family", list_families())
-def test_family_shapes_and_round_trip(family, tmp_path):
+@pytest.mark.parametrize("family", [f for f in list_families() if FAMILIES[f].__module__ != "ptmrec.backbones"])
+def test_family_shapes_and_round_trip(family, tmp_path):  # the pretrained backbones: tests/test_backbones.py
     a = arch(family)
     torch.manual_seed(0)
     model = FAMILIES[family](**a).eval()
@@ -60,7 +63,7 @@ def test_family_shapes_and_round_trip(family, tmp_path):
         f, y = model.forward_features(x), model(x)
     assert f.shape == (2, model.num_features) and y.shape == (2, 5)
     assert isinstance(model.head, torch.nn.Linear) and model.head.in_features == model.num_features
-    if family != "efficientnet_lite":
+    if family in SCRATCH:
         assert 20_000 <= zoo.num_params(FAMILIES[family](width=16, num_classes=10)) <= 500_000
 
     zoo.save_model(tmp_path / "m", model, config(model, family, a))
@@ -151,7 +154,7 @@ def test_bad_configs_name_the_file_and_problem(tmp_path):
     cfg_path = tmp_path / "resnet" / "config.json"
     cfg = json.loads(cfg_path.read_text())
     cfg_path.write_text(json.dumps(dict(cfg, family="alexnet")))
-    with pytest.raises(zoo.ZooError, match="unknown family 'alexnet'; valid: efficientnet_lite, mlpmixer"):
+    with pytest.raises(zoo.ZooError, match="unknown family 'alexnet'; valid: .*efficientnet_lite, .*mlpmixer"):
         zoo.load_model(tmp_path / "resnet")
     cfg_path.write_text(json.dumps(dict(cfg, arch=dict(cfg["arch"], width=16))))
     with pytest.raises(zoo.ZooError, match="shape mismatch") as e:
@@ -202,7 +205,7 @@ def test_save_is_atomic(tmp_path, monkeypatch):
 def test_build_zoo_writes_index_and_resumes(tmp_path):
     pools = {"s1": synth_pool("s1", k=2, per_class=12), "s2": synth_pool("s2", k=3, per_class=10, seed=1)}
     zp = ZooParams(families=["simplecnn", "mlpmixer"], sources=["s1", "s2"], widths=[8], epochs=1, batch_size=8,
-                   lite_variants=[], lite_finetune={})
+                   lite_variants=[], lite_finetune={}, backbones=[])
     seen = []
     df = zoo.build_zoo(zp, pools, tmp_path, seed=0, progress=lambda it: (seen.append(1) or x for x in it))
     assert len(seen) == 4 and sorted(df.attrs["built"]) == sorted(df.model_id)
@@ -262,7 +265,7 @@ def test_hf_models_get_the_zoo_face(tmp_path):
 def test_build_zoo_rebuilds_what_changed(tmp_path):
     pools = {"s1": synth_pool("s1", k=2, per_class=12)}
     zp = ZooParams(families=["resnet"], sources=["s1"], widths=[8], epochs=1, batch_size=8, lite_variants=[],
-                   lite_finetune={})
+                   lite_finetune={}, backbones=[])
     zoo.build_zoo(zp, pools, tmp_path, seed=0)
     assert zoo.build_zoo(zp, pools, tmp_path, seed=0).attrs["built"] == []
     assert zoo.build_zoo(dataclasses.replace(zp, epochs=2), pools, tmp_path, seed=0).attrs["built"] == ["resnet-w8-s1"]
