@@ -140,8 +140,9 @@ def constrained_choices(predictions: pd.DataFrame, perf: pd.DataFrame, profile: 
 
     ``predictions``: (task, model, method, score), higher is better; ``perf``: true accuracies (one row
     per task and model); ``profile``: indexed by model; ``budgets``: {name: {max_latency_ms, max_memory_mb}}.
-    A model is a candidate when it is within budget and has both a score and a true accuracy; ties in
-    score go to the first model id. One row per (method, budget, task): ``choice`` is None when no model fits.
+    A model is a candidate when it is within budget and has both a score and a true accuracy; when several
+    share the top score, the choice is their mean accuracy (the expected regret of a random tie-break).
+    One row per (method, budget, task): ``choice`` is None when no model fits.
     """
     truth = _tidy_perf(perf)
     pred = predictions[["task", "model", "method", "score"]].astype({"task": str, "model": str}).dropna(subset=["score"])
@@ -156,9 +157,11 @@ def constrained_choices(predictions: pd.DataFrame, perf: pd.DataFrame, profile: 
             row = dict(method=method, budget=bname, task=task, feasible=len(f), choice=None, choice_accuracy=np.nan,
                        best=None, best_accuracy=np.nan, regret=np.nan)
             if len(f):
-                pick, best = f.loc[f.score.idxmax()], f.loc[f.accuracy.idxmax()]
-                row.update(choice=pick.model, choice_accuracy=pick.accuracy, best=best.model,
-                           best_accuracy=best.accuracy, regret=best.accuracy - pick.accuracy)
+                tied = f[f.score == f.score.max()]  # a tie at the top: the expected accuracy of a random pick
+                pick, best = tied.iloc[0], f.loc[f.accuracy.idxmax()]
+                row.update(choice=pick.model if len(tied) == 1 else "|".join(tied.model),
+                           choice_accuracy=float(tied.accuracy.mean()), best=best.model,
+                           best_accuracy=best.accuracy, regret=best.accuracy - float(tied.accuracy.mean()))
             rows.append(row)
     return pd.DataFrame(rows)
 

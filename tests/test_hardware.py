@@ -255,3 +255,14 @@ def test_reference_scores_oracle_has_no_regret_and_noise_run_is_a_method():
     r = bud.budget_regret(pred, perf[perf.seed == 0], prof, {"all": {}}).set_index("method").mean_regret
     assert r["oracle"] == 0 and r["most_params"] == pytest.approx(0.0)  # l is best on both tasks
     assert r["groundtruth-seed1"] == pytest.approx(0.0)
+
+
+def test_budget_regret_of_a_tie_is_the_mean_over_the_tied_models():
+    """A constant predictor's regret must not depend on which model id sorts first."""
+    from ptmrec import budgets
+
+    prof = pd.DataFrame({"latency_p50_ms": [1.0, 1.0, 1.0], "peak_memory_mb": [1.0, 1.0, 1.0]}, index=["a", "b", "c"])
+    perf = pd.DataFrame({"task_id": ["t"] * 3, "model_id": ["a", "b", "c"], "accuracy": [0.5, 0.9, 0.7]})
+    pred = pd.DataFrame({"task": ["t"] * 3, "model": ["a", "b", "c"], "method": ["flat"] * 3, "score": [1.0] * 3})
+    r = budgets.budget_regret(pred, perf, prof, {"any": {}}).set_index("method")
+    assert r.loc["flat", "mean_regret"] == pytest.approx(0.9 - 0.7)
