@@ -1,14 +1,20 @@
-"""Time one recommendation against the fastest forward-pass baseline on the same zoo and images.
+"""Time one recommendation, cold (a fresh ``ptmrec recommend`` process) and warm (in-session), against the
+fastest forward-pass baseline on the same zoo and images.
 
-    .venv/bin/python benchmarks/recommend.py runs/default [--images 500]
+    .venv/bin/python benchmarks/recommend.py --run runs/default [--images 500] [--repeats 3] [--no-baseline]
 
+Works on any finished run folder (``--run``; the positional form ``benchmarks/recommend.py RUN`` too).
 Writes a folder of real labelled target images (PNG, one subfolder per class, from the run's
 own target pools), then times:
 
-- ``recommend()``: cold (the encoder loaded from the run's cache) and warm (second call);
+- the cold CLI call: ``python -m ptmrec.cli recommend --run R --images F`` in a fresh process,
+  wall clock, ``--repeats`` times (median); once with the run's traced image tower (stage 04, torch
+  alone) and once on a view of the run without it (the fallback: the encoder built through
+  open_clip, what every cold call cost before the tower; issue 17: at most 3 s for the default zoo);
+- ``recommend()`` in-process: the first call of the session and ``--repeats`` warm calls (median);
 - the cheapest forward-pass baseline: one forward pass of every zoo model over the same
   images (features, what every transferability estimator needs) plus the fastest scorer of
-  the run's stage 05 on those features.
+  the run's stage 05 on those features (skipped with ``--no-baseline``).
 
 The baseline is also timed on as many images as recommend() embeds (a class-balanced sample
 of tokens.per_class per class): the like-for-like comparison when both see the same images.
@@ -18,7 +24,8 @@ least 20x faster than the fastest forward-pass baseline. The embedded zoo has fe
 models; the JSON gives the measured figures, the forward-pass cost scaled to 50 models
 (linear in the number of models) and the ranker's forward pass timed on 50 model tokens (the
 zoo's tokens repeated), so the 50-model recommendation is measured, not assumed.
-Writes benchmarks/results/recommend.json.
+Writes benchmarks/results/recommend.json (``--json`` elsewhere). Timings on a shared machine are
+noisy: the load average before and after is recorded beside them.
 """
 from __future__ import annotations
 
@@ -26,6 +33,9 @@ import argparse
 import json
 import os
 import platform
+import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -95,50 +105,111 @@ def rank_seconds(run: Path, tokens: np.ndarray, n_models: int, repeats: int = 20
     return float(np.median(times))
 
 
-def main() -> None:
-    from ptmrec.recommend import _run_params, recommend, run_encoder
+def cold_cli(run: Path, folder: Path, repeats: int) -> dict:
+    """Wall seconds of ``ptmrec recommend`` in fresh processes (each one imports everything it needs)."""
+    times = []
+    with tempfile.TemporaryDirectory() as out:
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            r = subprocess.run([sys.executable, "-m", "ptmrec.cli", "recommend", "--run", str(run), "--images", str(folder),
+                                "--out", out], capture_output=True, text=True, cwd=REPO)
+            times.append(time.perf_counter() - t0)
+            if r.returncode not in (0, 1):
+                raise RuntimeError(f"ptmrec recommend failed ({r.returncode}): {r.stderr[-2000:]}")
+    return dict(median_seconds=round(float(np.median(times)), 3), seconds=[round(t, 3) for t in times],
+                encoder="open_clip" if "no usable traced image tower" in r.stderr else "traced")
+
+
+def without_tower(run: Path) -> Path:
+    """A view of ``run`` without its traced image tower (links to every other file, and to the run's
+    cache of built encoders): what an older run looks like to ``ptmrec recommend``."""
+    from ptmrec.recommend import TOWER_DIR
+
+    view = Path(tempfile.mkdtemp(prefix="ptmrec-run-")) / run.name
+    if (run.parent / "_cache").is_dir():  # the built encoder of the run's cache, as for the run itself
+        (view.parent / "_cache").symlink_to((run.parent / "_cache").resolve())
+    for f in run.rglob("*"):
+        rel = f.relative_to(run)
+        if f.is_file() and not rel.as_posix().startswith(TOWER_DIR + "/"):
+            (view / rel).parent.mkdir(parents=True, exist_ok=True)
+            (view / rel).symlink_to(f.resolve())
+    return view
+
+
+def in_session(run: Path, folder: Path, repeats: int) -> tuple[dict, object]:
+    """The first ``recommend()`` of this process and the median of ``repeats`` warm calls after it."""
+    from ptmrec.recommend import recommend
+
+    t0 = time.perf_counter()
+    first = recommend(run, folder)
+    first_s = time.perf_counter() - t0
+    warm, rec = [], first
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        rec = recommend(run, folder)
+        warm.append(time.perf_counter() - t0)
+    return dict(first_call_seconds=round(first_s, 3), warm_seconds=[round(t, 3) for t in warm],
+                warm_median_seconds=round(float(np.median(warm)), 3), warm_steps=rec.info["seconds"],
+                encoder=rec.info["encoder"]), rec
+
+
+def baseline_figures(run: Path, images: np.ndarray, labels: np.ndarray, rec, warm_s: float) -> dict:
+    """The forward-pass baseline on all images and on recommend()'s sample, and the 50-model figures."""
+    from ptmrec.recommend import _run_params, image_encoder
     from ptmrec.tokens import folder_tokens
 
-    ap = argparse.ArgumentParser()
-    ap.add_argument("run", type=Path)
-    ap.add_argument("--images", type=int, default=500)
-    a = ap.parse_args()
-    folder, images, labels = write_folder(a.run, a.images)
-    t0 = time.perf_counter()
-    cold = recommend(a.run, folder)
-    cold_s = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    warm = recommend(a.run, folder)
-    warm_s = time.perf_counter() - t0
-    base = forward_baseline(a.run, images, labels)
+    base = forward_baseline(run, images, labels)
     per_model = base["total_seconds"] / base["models"]
-    # the same baseline on as many images as recommend() embeds (its class-balanced sample size)
-    n = warm.info["n_images"]
+    n = rec.info["n_images"]  # the same baseline on as many images as recommend() embeds
     sub = np.concatenate([np.flatnonzero(labels == c)[: n // len(np.unique(labels))] for c in np.unique(labels)])
-    base_sample = forward_baseline(a.run, images[sub], labels[sub])
-    P = _run_params(a.run)
-    tokens = folder_tokens(folder, run_encoder(a.run, P), P.tokens.per_class, P.tokens.kind, 0)[0]
-    rank_n, rank_50 = rank_seconds(a.run, tokens, base["models"]), rank_seconds(a.run, tokens, 50)
+    base_sample = forward_baseline(run, images[sub], labels[sub])
+    P = _run_params(run)
+    tokens = folder_tokens(Path(rec.info["images"]), image_encoder(run, P)[0], P.tokens.per_class, P.tokens.kind, 0)[0]
+    rank_n, rank_50 = rank_seconds(run, tokens, base["models"]), rank_seconds(run, tokens, 50)
     # a 50-model recommendation: the measured warm call with its ranking step timed at 50 models
-    warm_50 = warm_s - warm.info["seconds"]["rank"] + max(warm.info["seconds"]["rank"], rank_50)
+    warm_50 = warm_s - rec.info["seconds"]["rank"] + max(rec.info["seconds"]["rank"], rank_50)
+    return dict(baseline=base, speedup_warm=round(base["total_seconds"] / warm_s, 1),
+                baseline_on_embedded_sample=base_sample,
+                speedup_warm_same_images=round(base_sample["total_seconds"] / warm_s, 1),
+                baseline_seconds_at_50_models=round(per_model * 50, 2),
+                rank_forward_seconds=round(rank_n, 4), rank_forward_seconds_at_50_models=round(rank_50, 4),
+                recommend_warm_seconds_at_50_models=round(warm_50, 3),
+                speedup_warm_at_50_models=round(per_model * 50 / warm_50, 1))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("run_pos", nargs="?", type=Path, help=argparse.SUPPRESS)
+    ap.add_argument("--run", type=Path, help="a finished run folder, e.g. runs/default or /tmp/runs/smoke")
+    ap.add_argument("--images", type=int, default=500)
+    ap.add_argument("--repeats", type=int, default=3, help="cold processes and warm calls, each (median)")
+    ap.add_argument("--no-baseline", action="store_true", help="skip the forward-pass baseline (every zoo model)")
+    ap.add_argument("--json", type=Path, default=REPO / "benchmarks" / "results" / "recommend.json")
+    a = ap.parse_args()
+    run = (a.run or a.run_pos or ap.error("give --run RUN")).resolve()
+    load_before = os.getloadavg()[0]
+    folder, images, labels = write_folder(run, a.images)
+    view = without_tower(run)
+    try:
+        cold = cold_cli(run, folder, a.repeats)
+        cold_old = cold_cli(view, folder, a.repeats)
+    finally:
+        shutil.rmtree(view.parent, ignore_errors=True)
+    session, rec = in_session(run, folder, a.repeats)
     result = dict(
-        run=str(a.run), n_images=int(len(images)), n_models=base["models"],
+        run=str(run), n_images=int(len(images)), n_classes=len(rec.info["classes"]), n_models=rec.info["n_models"],
         # recommend() embeds a class-balanced sample (tokens.per_class per class), as the ranker was trained
-        n_images_embedded=warm.info["n_images"], n_dataset_tokens=warm.info["n_tokens"],
-        recommend_cold_seconds=round(cold_s, 3), recommend_warm_seconds=round(warm_s, 3),
-        recommend_steps_warm=warm.info["seconds"], baseline=base,
-        speedup_warm=round(base["total_seconds"] / warm_s, 1),
-        baseline_on_embedded_sample=base_sample,
-        speedup_warm_same_images=round(base_sample["total_seconds"] / warm_s, 1),
-        baseline_seconds_at_50_models=round(per_model * 50, 2),
-        rank_forward_seconds=round(rank_n, 4), rank_forward_seconds_at_50_models=round(rank_50, 4),
-        recommend_warm_seconds_at_50_models=round(warm_50, 3),
-        speedup_warm_at_50_models=round(per_model * 50 / warm_50, 1),
-        top3=cold.table.model_id.head(3).tolist(),
-        machine=f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
-        load=os.getloadavg()[0], date=time.strftime("%Y-%m-%d %H:%M"))
-    out = REPO / "benchmarks" / "results" / "recommend.json"
-    out.write_text(json.dumps(result, indent=2, default=float) + "\n")
+        n_images_embedded=rec.info["n_images"], n_dataset_tokens=rec.info["n_tokens"],
+        recommend_cold_cli=cold, recommend_cold_cli_without_traced_tower=cold_old,
+        recommend_cold_seconds=cold["median_seconds"], recommend_warm_seconds=session["warm_median_seconds"],
+        recommend_in_session=session, top3=rec.table.model_id.head(3).tolist())
+    if not a.no_baseline:
+        result.update(baseline_figures(run, images, labels, rec, session["warm_median_seconds"]))
+    result.update(machine=f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+                  load_before=load_before, load_after=os.getloadavg()[0], date=time.strftime("%Y-%m-%d %H:%M"))
+    shutil.rmtree(folder, ignore_errors=True)
+    a.json.parent.mkdir(parents=True, exist_ok=True)
+    a.json.write_text(json.dumps(result, indent=2, default=float) + "\n")
     print(json.dumps(result, indent=2, default=float))
 
 

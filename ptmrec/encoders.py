@@ -31,6 +31,7 @@ import shutil
 import tempfile
 import time
 import unicodedata
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
@@ -507,6 +508,108 @@ def build_embedded(p: EncoderParams, folder: str | Path, cache_dir: str | Path, 
     write_json(folder / CONFIG, cfg)
     loaded.info.update(cfg)
     return loaded
+
+
+# ----------------------------------------------------------------------------- the traced image tower
+
+TOWER_FORMAT = 1  # bump when the saved tower's layout changes: ``load_image_tower`` then refuses the old one
+TOWER_FILE, TOWER_META = "image_tower.pt", "image_tower.json"
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def save_image_tower(encoder: ClipImageEncoder, folder: str | Path, atol: float = 1e-4) -> Path:
+    """Trace the encoder's image path into ``folder/image_tower.pt`` (TorchScript) with its preprocessing
+    constants in ``folder/image_tower.json``, so that ``ptmrec recommend`` embeds images without importing
+    open_clip, timm or transformers (the cold start is then torch alone).
+
+    The trace maps preprocessed float [B, 3, s, s] to unnormalised features [B, D], as ``encoder.forward``;
+    preprocessing stays in ``ClipImageEncoder.preprocess`` (one code path for both). The trace is checked on
+    another batch size against the eager model (max |diff| <= ``atol``) before it is written. Returns the
+    archive's path.
+    """
+    from .paths import atomic_path
+
+    folder = Path(folder)
+    s = encoder.image_size
+    gen = torch.Generator().manual_seed(0)
+    example = torch.randn(2, 3, s, s, generator=gen).to(encoder.device)
+    visual = encoder.model.visual.eval()  # open_clip's encode_image(x) is visual(x): the text tower stays out
+    with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.jit's deprecation notice and tracer notes: the check below decides
+        traced = torch.jit.trace(visual, example, check_trace=False)
+        check = torch.randn(3, 3, s, s, generator=gen).to(encoder.device)  # another batch size: batch is not baked in
+        err = float((traced(check) - encoder.model.encode_image(check)).abs().max())
+    if err > atol:
+        raise RuntimeError(f"traced image tower of {encoder.name} differs from the model (max |diff| {err:.2e} > {atol})")
+    folder.mkdir(parents=True, exist_ok=True)
+    with atomic_path(folder / TOWER_FILE) as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # "torch.jit.save is deprecated": still the fastest to load
+        torch.jit.save(traced, str(tmp))
+    meta = dict(format=TOWER_FORMAT, name=encoder.name, image_size=s, interpolation=encoder.interpolation,
+                dim=encoder.dim, scale=encoder._scale.flatten().cpu().tolist(), shift=encoder._shift.flatten().cpu().tolist(),
+                sha256=_sha256(folder / TOWER_FILE), torch=torch.__version__, trace_max_abs_diff=err,
+                encoder={k: v for k, v in encoder.info.items() if k in ("model_name", "key", "pretrained", "checkpoint")})
+    write_json(folder / TOWER_META, meta)
+    return folder / TOWER_FILE
+
+
+class TracedImageEncoder(ClipImageEncoder):
+    """The image half of a ``ClipImageEncoder`` from a traced tower (``save_image_tower``): the same
+    preprocessing (inherited), the traced forward pass; no text tower (``encode_text`` raises)."""
+
+    def __init__(self, tower: torch.nn.Module, meta: dict[str, Any], device: str = "cpu", batch_size: int = 64,
+                 info: dict | None = None):  # no super().__init__: there is no open_clip model to read settings from
+        self.model, self.tokenizer, self.name, self.batch_size = tower.eval(), None, meta["name"], batch_size
+        self.device = torch.device(device)
+        self.info = {**meta, **(info or {}), "traced": True}
+        self.image_size, self.interpolation, self.dim = int(meta["image_size"]), meta["interpolation"], int(meta["dim"])
+        self._scale = torch.tensor(meta["scale"], dtype=torch.float32).view(1, 3, 1, 1).to(self.device)
+        self._shift = torch.tensor(meta["shift"], dtype=torch.float32).view(1, 3, 1, 1).to(self.device)
+
+    def __repr__(self) -> str:
+        return f"TracedImageEncoder({self.name}, {self.image_size} px -> {self.dim}-d, {self.device})"
+
+    @torch.inference_mode()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Preprocessed [B, 3, s, s] -> unnormalised image features [B, D] (the traced ``encode_image``).
+
+        Run by TorchScript's plain interpreter: its optimising executor spends the first calls profiling and
+        recompiling the graph, seconds that a one-shot ``ptmrec recommend`` never earns back."""
+        with torch.jit.optimized_execution(False):
+            return self.model(x)
+
+    def encode_text(self, texts: list[str], batch_size: int = 256) -> np.ndarray:
+        raise NotImplementedError("a traced image tower has no text tower: build the encoder with build_encoder")
+
+
+def load_image_tower(folder: str | Path, device: str = "cpu", batch_size: int = 64) -> TracedImageEncoder:
+    """The traced tower that ``save_image_tower`` wrote into ``folder`` (a run's 04_dataset_tokens/image_tower/).
+
+    A TorchScript archive holds code as well as weights, so only an archive that this project's own stage 04
+    wrote into the run folder is loaded, and only when its SHA-256 matches the one that stage recorded beside
+    it: that is the same trust as running the run's notebooks, and a damaged or swapped archive is refused.
+    Raises FileNotFoundError (no tower: an older run) or ValueError (another format, a changed archive).
+    """
+    folder = Path(folder)
+    path, meta_path = folder / TOWER_FILE, folder / TOWER_META
+    if not (path.is_file() and meta_path.is_file()):
+        raise FileNotFoundError(f"{path}: no traced image tower (written by stage 04_dataset_tokens since ptmrec 0.1)")
+    meta = read_json(meta_path)
+    if meta.get("format") != TOWER_FORMAT:
+        raise ValueError(f"{meta_path}: tower format {meta.get('format')}, this version reads {TOWER_FORMAT}")
+    if meta.get("sha256") != _sha256(path):
+        raise ValueError(f"{path}: its SHA-256 differs from the one stage 04 recorded in {meta_path.name}")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # "torch.jit.load is deprecated"
+        tower = torch.jit.load(str(path), map_location=device)
+    return TracedImageEncoder(tower, meta, device, batch_size, {"folder": str(folder)})
 
 
 # ----------------------------------------------------------------------------- zero-shot classification

@@ -351,3 +351,50 @@ def test_clipart_pairs_are_captioned_source_pictures(tmp_path):
         assert is_source(hashlib.sha1(small.tobytes()).hexdigest())
     again = O.clipart_pairs("source", 32, 12, seed=3, data=DataParams(cache_dir=str(tmp_path)))  # from the cache
     assert again.files == pairs.files and np.array_equal(again.images, pairs.images)
+
+
+# ----------------------------------------------------------------------------- the traced image tower
+
+
+def test_traced_tower_matches_the_encoder_and_is_checked_on_load(tiny, tmp_path):
+    """save_image_tower + load_image_tower give the same embeddings for any batch and image size; a changed
+    archive or another format is refused, a missing one is a FileNotFoundError (recommend falls back)."""
+    enc, _ = tiny
+    E.save_image_tower(enc, tmp_path / "tower")
+    traced = E.load_image_tower(tmp_path / "tower", "cpu", batch_size=3)
+    assert isinstance(traced, E.TracedImageEncoder) and (traced.image_size, traced.dim) == (enc.image_size, enc.dim)
+    for n, size in ((1, 32), (7, 24), (5, 48)):  # batches of 3 with a remainder; resized inputs
+        x = rgb(n, size, seed=n)
+        np.testing.assert_allclose(traced.encode(x), enc.encode(x), atol=1e-5)
+    with pytest.raises(NotImplementedError, match="no text tower"):
+        traced.encode_text(["a cat"])
+    meta = json.loads((tmp_path / "tower" / E.TOWER_META).read_text())
+    (tmp_path / "tower" / E.TOWER_META).write_text(json.dumps({**meta, "format": 0}))
+    with pytest.raises(ValueError, match="tower format 0"):
+        E.load_image_tower(tmp_path / "tower")
+    (tmp_path / "tower" / E.TOWER_META).write_text(json.dumps(meta))
+    with open(tmp_path / "tower" / E.TOWER_FILE, "ab") as f:
+        f.write(b"x")
+    with pytest.raises(ValueError, match="SHA-256 differs"):
+        E.load_image_tower(tmp_path / "tower")
+    with pytest.raises(FileNotFoundError, match="no traced image tower"):
+        E.load_image_tower(tmp_path / "nowhere")
+
+
+def test_traced_tower_of_the_embedded_architecture(tmp_path):
+    """The embedded encoder's image tower (timm EfficientNet-Lite0 + linear head) traces exactly."""
+    import open_clip
+    from open_clip.factory import set_model_preprocess_cfg
+
+    cfg = E.embedded_model_config(EncoderParams())
+    (tmp_path / "ptmrec-test-embedded-trace.json").write_text(json.dumps(cfg))
+    open_clip.add_model_config(tmp_path / "ptmrec-test-embedded-trace.json")
+    torch.manual_seed(0)
+    with E._quiet():
+        model = open_clip.create_model("ptmrec-test-embedded-trace")
+    set_model_preprocess_cfg(model, {**model.visual.preprocess_cfg, **E.EMBEDDED_PREPROCESS, "size": (64, 64)})
+    enc = E.ClipImageEncoder(model, None, "embedded", batch_size=4)
+    E.save_image_tower(enc, tmp_path / "tower")
+    traced = E.load_image_tower(tmp_path / "tower", batch_size=4)
+    x = rgb(6, 32, seed=5)  # smaller than the tower's 64 px: upsampled by the shared preprocessing
+    np.testing.assert_allclose(traced.encode(x), enc.encode(x), atol=1e-5)

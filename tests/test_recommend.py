@@ -120,5 +120,192 @@ def test_the_encoder_comes_from_the_cache_beside_the_run(run, images, monkeypatc
 
     monkeypatch.setattr(encoders, "build_encoder", build)
     with pytest.raises(RuntimeError, match="stop here"):
-        recommend(run, images)
+        recommend(run, images, traced=False)  # the open_clip path (an older run without the traced tower)
     assert seen["cache"] == run.resolve().parent / "_cache"
+
+
+# ----------------------------------------------------------------------------- the traced tower: a fast cold start
+
+
+HEAVY = ("open_clip", "transformers", "timm", "sklearn", "matplotlib", "seaborn", "scipy")
+
+
+def _view(run, tmp_path, skip=(), edit=None):
+    """A copy of ``run`` made of links to its files, except those under ``skip``; ``edit(view)`` may change it.
+    Its runs folder links the run's cache, so the encoder built there is found (the open_clip fallback)."""
+    view = tmp_path / "runs" / "smoke"
+    for f in run.rglob("*"):
+        rel = f.relative_to(run).as_posix()
+        if f.is_file() and not any(rel.startswith(s) for s in skip):
+            (view / rel).parent.mkdir(parents=True, exist_ok=True)
+            (view / rel).symlink_to(f.resolve())
+    if (run.parent / "_cache").exists():
+        (view.parent / "_cache").symlink_to((run.parent / "_cache").resolve())
+    if edit:
+        edit(view)
+    return view
+
+
+def test_cli_loads_the_traced_tower_without_open_clip(run, images, tmp_path, smoke_runs):
+    """The cold CLI imports torch and what it uses, never open_clip, timm, transformers, sklearn or matplotlib."""
+    assert (run / "04_dataset_tokens/image_tower/image_tower.pt").is_file()
+    env = {**os.environ, "PTMREC_RUNS": str(smoke_runs)}
+    r = subprocess.run([sys.executable, "-X", "importtime", "-m", "ptmrec.cli", "recommend", "--run", str(run),
+                        "--images", str(images), "--out", str(tmp_path)], capture_output=True, text=True, env=env,
+                       cwd=REPO, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    imported = {line.split("|")[-1].strip().split(".")[0] for line in r.stderr.splitlines() if line.startswith("import time:")}
+    assert "torch" in imported and not imported & set(HEAVY), sorted(imported & set(HEAVY))
+    assert "traced" in r.stdout and json.loads((tmp_path / "ranking.json").read_text())["encoder"] == "traced"
+
+
+def test_traced_tower_ranks_as_the_open_clip_encoder(run, images, smoke_runs, monkeypatch):
+    monkeypatch.setenv("PTMREC_RUNS", str(smoke_runs))
+    fast, full = recommend(run, images), recommend(run, images, traced=False)
+    assert (fast.info["encoder"], full.info["encoder"]) == ("traced", "open_clip")
+    assert fast.table.model_id.tolist() == full.table.model_id.tolist()
+    np.testing.assert_allclose(fast.table.score, full.table.score, atol=1e-4)
+
+
+def test_run_without_traced_tower_falls_back_with_one_line(run, images, tmp_path):
+    old = _view(run, tmp_path, skip=("04_dataset_tokens/image_tower/",))
+    r = _cli("--run", str(old), "--images", str(images), "--out", str(tmp_path / "out"))
+    assert r.returncode == 0, r.stderr[-3000:]
+    lines = [ln for ln in r.stderr.splitlines() if ln.startswith("ptmrec recommend:")]
+    assert len(lines) == 1 and "no usable traced image tower" in lines[0] and "open_clip" in lines[0]
+    assert json.loads((tmp_path / "out" / "ranking.json").read_text())["encoder"] == "open_clip"
+
+
+def test_six_classes_all_survive_the_token_cut(run, tmp_path, smoke_runs, monkeypatch):
+    """6 classes x tokens.per_class tokens, a ranker that keeps 12: 2 per class (the first 12 would be 2 classes)."""
+    monkeypatch.setenv("PTMREC_RUNS", str(smoke_runs))
+    pools, _ = load_tasks(run / "00_zoo_and_tasks" / "tasks")
+    pool = next(p for p in pools.values() if len(p.classes) >= 6 and min(np.bincount(p.labels)[:6]) >= 4)
+    root = tmp_path / "six"
+    for c in range(6):
+        (root / f"c{c}").mkdir(parents=True)
+        for k, i in enumerate(np.flatnonzero(pool.labels == c)[:8]):
+            Image.fromarray(pool.images[i]).save(root / f"c{c}" / f"{k}.png")
+
+    def small(view):
+        cfg = view / "06_ranker/ranker/config.json"
+        data = json.loads(cfg.read_text())
+        cfg.unlink()
+        cfg.write_text(json.dumps({**data, "max_dataset_tokens": 12}))
+
+    view = _view(run, tmp_path, edit=small)
+    rec = recommend(view, root)
+    assert rec.info["n_tokens_embedded"] > 12 and rec.info["n_tokens"] == 12
+    assert rec.info["tokens_per_class"] == {f"c{c}": 2 for c in range(6)}
+    assert len(rec.table) == len(rec.ranked) and rec.table.score.is_monotonic_decreasing
+
+
+# ----------------------------------------------------------------------------- the report
+
+
+def test_report_writes_html_and_png_with_budget_and_fit(run, images, tmp_path, smoke_runs, monkeypatch):
+    monkeypatch.setenv("PTMREC_RUNS", str(smoke_runs))
+    limit = float(recommend(run, images).table.latency_p50_ms.median())
+    r = _cli("--run", str(run), "--images", str(images), "--max-latency-ms", str(limit), "--report",
+             "--out", str(tmp_path), env_runs=smoke_runs)
+    assert r.returncode == 0, r.stderr[-3000:]
+    page = (tmp_path / "ranking.html").read_text()
+    zoo = pd.read_csv(run / "00_zoo_and_tasks/zoo/index.csv")
+    assert all(m in page for m in zoo.model_id) and "ranking.png" in page
+    assert "latency p50 &lt;= " in page and "models fit" in page and "fits budget" in page and "peak memory (MB)" in page
+    with Image.open(tmp_path / "ranking.png") as im:
+        assert im.format == "PNG" and im.size[0] > 300
+    info = json.loads((tmp_path / "ranking.json").read_text())
+    assert len(info["all_models"]) == len(zoo) and 0 < info["n_within_budget"] < len(zoo)
+
+
+def test_recommendation_displays_as_a_table_with_probe_columns(run, images, tmp_path, smoke_runs, monkeypatch):
+    """_repr_html_ for JupyterLab; ``probed``/``probe_seconds`` (the coming --probe K) are shown when present."""
+    monkeypatch.setenv("PTMREC_RUNS", str(smoke_runs))
+    rec = recommend(run, images, top=2)
+    shown = rec._repr_html_()
+    assert shown.count("<tr") == rec.info["n_models"] + 1 and "probed" not in shown and "score" in shown
+    rec.ranked = rec.ranked.assign(probed=rec.ranked["rank"] <= 2, probe_seconds=np.where(rec.ranked["rank"] <= 2, 1.5, np.nan))
+    assert "probed" in rec._repr_html_() and "1.50" in rec._repr_html_()
+    files = rec.save(tmp_path, report=True)
+    assert {f.name for f in files} >= {"ranking.html", "ranking.png", "ranking.csv", "ranking.json"}
+    assert "except those marked probed" in (tmp_path / "ranking.html").read_text()
+
+
+# ----------------------------------------------------------------------------- bad input: one line, exit 2
+
+
+def _one_line_error(r: subprocess.CompletedProcess, *needles: str) -> None:
+    assert r.returncode == 2, (r.returncode, r.stderr[-2000:])
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("ptmrec recommend: ") and "Traceback" not in r.stderr, r.stderr
+    for n in needles:
+        assert n in lines[0], (n, lines[0])
+
+
+def test_bad_images_folders_are_one_line_errors(run, images, tmp_path):
+    _one_line_error(_cli("--run", str(run), "--images", str(tmp_path / "nope")), str(tmp_path / "nope"), "no such folder",
+                    "give --images a folder")
+    (tmp_path / "empty").mkdir()
+    _one_line_error(_cli("--run", str(run), "--images", str(tmp_path / "empty")), str(tmp_path / "empty"), "empty",
+                    "<class name>")
+    png = next(images.rglob("*.png"))
+    _one_line_error(_cli("--run", str(run), "--images", str(png)), str(png), "a file, not a folder", "give --images")
+    (tmp_path / "flat").mkdir()
+    shutil.copy(png, tmp_path / "flat" / "a.png")
+    _one_line_error(_cli("--run", str(run), "--images", str(tmp_path / "flat")), "no class subfolders")
+
+
+def test_bad_run_folders_are_one_line_errors(run, images, tmp_path):
+    _one_line_error(_cli("--run", str(tmp_path / "none"), "--images", str(images)), str(tmp_path / "none"),
+                    "no such run folder", "./run_all.sh")
+    png = next(images.rglob("*.png"))
+    _one_line_error(_cli("--run", str(png), "--images", str(images)), str(png), "a file, not a run folder")
+
+    def old_format(view):
+        cfg = view / "06_ranker/ranker/config.json"
+        data = json.loads(cfg.read_text())
+        cfg.unlink()
+        cfg.write_text(json.dumps({**data, "format": 0}))
+
+    old = _view(run, tmp_path, edit=old_format)
+    _one_line_error(_cli("--run", str(old), "--images", str(images)), str(old / "06_ranker/ranker/config.json"),
+                    "another version of ptmrec", "re-run stage 06_ranker")
+    r = _cli("--run", str(old), "--images", str(images), "--debug")  # the stack trace on demand
+    assert r.returncode != 0 and "Traceback" in r.stderr and "RecommendError" in r.stderr
+
+
+def test_run_params_of_another_version_are_one_line_errors(run, images, tmp_path):
+    def unknown_key(view):
+        p = view / "04_dataset_tokens/params.resolved.yaml"
+        text = p.read_text()
+        p.unlink()
+        p.write_text(text + "\nfuture_section: {x: 1}\n")
+
+    old = _view(run, tmp_path, edit=unknown_key)
+    _one_line_error(_cli("--run", str(old), "--images", str(images)), "params.resolved.yaml",
+                    "another version of ptmrec")
+
+
+# ----------------------------------------------------------------------------- progress in a papermill log
+
+
+def test_plain_progress_prints_readable_lines(monkeypatch, capsys):
+    """What, how many, how long left, on lines of their own; nothing for a short loop."""
+    from ptmrec import progress as PR
+
+    monkeypatch.setenv("PTMREC_PLAIN_PROGRESS", "1")
+
+    def extract_things(n):
+        return list(PR.progress(range(n)))
+
+    assert extract_things(5) == list(range(5)) and capsys.readouterr().out == ""  # under FIRST_LINE: silent
+    monkeypatch.setattr(PR, "FIRST_LINE", 0.0)
+    monkeypatch.setattr(PR, "PLAIN_INTERVAL", 0.0)
+    assert extract_things(4) == list(range(4))
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("extract things: 1/4 (25%), 0 s so far, about ") and lines[0].endswith(" left")
+    assert lines[-1] == "extract things: 4/4 done in 0 s" and len(lines) == 4 and "\r" not in "".join(lines)
+    list(PR.progress(iter(range(2)), desc="profiling"))
+    assert capsys.readouterr().out.splitlines()[0] == "profiling: 1 done, 0 s so far"
+    assert (PR.duration(42), PR.duration(185), PR.duration(3720)) == ("42 s", "3 min 05 s", "1 h 02 min")
