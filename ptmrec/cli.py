@@ -2,10 +2,10 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
-from . import params as params_mod
+# No ptmrec module is imported here: each subcommand imports what it uses, so that a cold
+# ``ptmrec recommend`` loads torch and the few modules it needs, not open_clip or matplotlib.
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -15,11 +15,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_params(args: argparse.Namespace) -> int:
+    from . import params as params_mod
+
     print(params_mod.load(args.params).to_yaml(), end="")
     return 0
 
 
 def _cmd_stages(args: argparse.Namespace) -> int:
+    from . import params as params_mod
     from . import pipeline
 
     P = params_mod.load(args.params) if args.params else None
@@ -36,6 +39,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         for name in train.list_trainers():
             print(f"{name:28s} {train.doc_line(train.TRAINERS[name])}")
         return 0
+    import json
+
     if not args.run:
         print("ptmrec train: give --run runs/<set> (the run whose outputs it trains on)", file=sys.stderr)
         return 2
@@ -67,6 +72,7 @@ def _cmd_shard(args: argparse.Namespace) -> int:
 def _cmd_plan(args: argparse.Namespace) -> int:
     """First line ``run <folder>``; then per selected stage: name, shardable (0/1), up to date (0/1), the
     stages it depends on (comma-separated, ``-`` for none)."""
+    from . import params as params_mod
     from . import pipeline
     from .paths import run_dir
 
@@ -84,14 +90,30 @@ def _cmd_plan(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from . import report
 
     try:
         index = report.write_html_report(args.run)
         print(f"HTML report: {index}")
-        if not args.no_quarto:
+        if args.render:
+            seconds = report.render_quarto(args.run, args.reports, force=True)
+            took = ", ".join(f"{k} {v:.1f} s" for k, v in seconds.items())
+            print(f"Quarto report: {Path(args.run) / 'report' / 'quarto' / '_output'}/index.html ({took})")
+        elif not args.no_quarto:
             report.prepare_quarto(args.run, args.reports)
+            for u in [u for s, nb in report.stage_notebooks(args.run) for u in report.unlabelled_figures(nb, s)]:
+                print(f"figure without a label (not in the Quarto report): {u}")
+            problems = report.check_embeds(args.reports, args.run)
+            for p in problems:
+                print(f"ptmrec report: {p}", file=sys.stderr)
             print(f"Quarto: {args.reports}/notebooks/ and figures.qmd ready; render with: quarto render {args.reports}")
+            if problems:
+                return 2
+    except report.QuartoMissing as e:
+        print(f"ptmrec report: {e}", file=sys.stderr)
+        return 2
     except report.ReportError as e:
         print(f"ptmrec report: {e}", file=sys.stderr)
         return 2
@@ -99,9 +121,13 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_thesis(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from . import report
 
     try:
+        run = Path(args.run).resolve()
+        print(f"thesis: figures and tables from run {run} ({report.run_finished(run)})")
         if args.assets_only:
             made = report.thesis_assets(args.run, args.thesis)
             print(f"{len(made)} files in {args.thesis}/generated/")
@@ -114,19 +140,41 @@ def _cmd_thesis(args: argparse.Namespace) -> int:
 
 
 def _cmd_recommend(args: argparse.Namespace) -> int:
+    """0: a ranking; 1: nothing fits the budget (the nearest models shown); 2: bad input, one line on stderr
+    naming the path and what to do (the stack trace only with --debug); 3: an unexpected error."""
+    import os
+
+    # Before torch loads: idle OpenMP threads sleep instead of spinning. On a shared machine (more busy
+    # threads than cores) spinning threads steal the cores the work needs: 40 images took 6-7 s to
+    # embed instead of 0.2-0.4 s (2 cores, load 8). One short burst of work loses nothing by it.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from . import recommend as rec_mod
     from .paths import runs_root
 
     try:
         rec = rec_mod.recommend(args.run, args.images, args.top, args.max_latency_ms, args.max_memory_mb, args.device)
-    except (rec_mod.RecommendError, FileNotFoundError, ValueError, RuntimeError) as e:
-        print(f"ptmrec recommend: {e}", file=sys.stderr)
+        print(rec_mod.format_table(rec))
+        out = args.out or (runs_root() / "recommendations" / args.images.rstrip("/").split("/")[-1])
+        files = rec.save(out, report=args.report)
+    except (rec_mod.RecommendError, FileNotFoundError, NotADirectoryError, ValueError, RuntimeError) as e:
+        if args.debug:
+            raise
+        print(f"ptmrec recommend: {_one_line(e)}", file=sys.stderr)
         return 2
-    print(rec_mod.format_table(rec))
-    out = args.out or (runs_root() / "recommendations" / args.images.rstrip("/").split("/")[-1])
-    files = rec.save(out)
+    except Exception as e:  # a bug, not bad input: still one line, the trace with --debug
+        if args.debug:
+            raise
+        print(f"ptmrec recommend: unexpected {type(e).__name__}: {_one_line(e)} (--debug shows the stack trace)",
+              file=sys.stderr)
+        return 3
     print(f"written: {', '.join(str(f) for f in files)}")
     return 0 if len(rec.table) else 1
+
+
+def _one_line(e: BaseException) -> str:
+    """An exception's message on one line (a KeyError's repr quotes stripped)."""
+    msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+    return " ".join(str(msg).split())
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -179,6 +227,8 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--run", required=True, metavar="DIR", help="run folder, e.g. runs/smoke")
     o.add_argument("--reports", default=str(REPO / "reports"), metavar="DIR", help="the Quarto project")
     o.add_argument("--no-quarto", action="store_true", help="only the HTML report")
+    o.add_argument("--render", action="store_true",
+                   help="render the Quarto report into <run>/report/quarto/_output/ (HTML; PDF where LaTeX is installed)")
     o.set_defaults(func=_cmd_report)
 
     e = sub.add_parser("thesis", help="copy a run's figures and tables into thesis/generated/ and build main.pdf")
@@ -195,6 +245,8 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--max-memory-mb", type=float, help="peak memory budget (measured in stage 08)")
     m.add_argument("--device", default="cpu", help="device to encode on and whose profile applies (cpu, cuda)")
     m.add_argument("--out", metavar="DIR", help="where ranking.csv/json go (default runs/recommendations/<images>)")
+    m.add_argument("--report", action="store_true", help="also write ranking.html and ranking.png beside them")
+    m.add_argument("--debug", action="store_true", help="show the stack trace of an error")
     m.set_defaults(func=_cmd_recommend)
     return p
 
@@ -203,9 +255,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except params_mod.ParamsError as e:
-        print(f"ptmrec: {e}", file=sys.stderr)
-        return 2
+    except Exception as e:
+        params_mod = sys.modules.get("ptmrec.params")  # imported by the subcommands that read parameters
+        if params_mod is not None and isinstance(e, params_mod.ParamsError):
+            print(f"ptmrec: {e}", file=sys.stderr)
+            return 2
+        raise
 
 
 if __name__ == "__main__":

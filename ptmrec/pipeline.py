@@ -1,12 +1,13 @@
 """Stages, their cache keys, and the papermill driver behind ``run_all.sh``.
 
-A stage is one numbered notebook. Its cache key hashes the parameter sections it reads, the
-source of the ptmrec modules it calls, its notebook, and the keys of the stages it depends
-on; the notebook's last cell (``finish_stage``) writes the key to ``<stage>/_stage.json``.
+A stage is one numbered notebook. Its cache key hashes the parameter sections it reads, its
+notebook's code, the source of every ptmrec module the notebook imports (followed transitively:
+``stage_modules``), and the keys of the stages it depends on; the notebook's last cell (``finish_stage``) writes the key to ``<stage>/_stage.json``.
 A stage whose recorded key equals its current key is skipped; ``force`` redoes it.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -27,7 +28,6 @@ from .paths import REPO, read_json, run_dir, stage_dir, write_json, write_text
 class Stage:
     name: str  # also the notebook's file stem and the output folder
     sections: tuple[str, ...]  # parameter sections it reads
-    modules: tuple[str, ...]  # ptmrec modules whose source is part of its key
     depends: tuple[str, ...] = ()
 
     @property
@@ -43,22 +43,66 @@ def register_stage(stage: Stage) -> Stage:
     return stage
 
 
-register_stage(Stage("00_zoo_and_tasks", ("run", "data", "tasks", "zoo"), ("data", "offline", "zoo", "nets", "world")))
-register_stage(Stage("01_groundtruth", ("run", "groundtruth"), ("groundtruth", "zoo", "nets", "data"),
-                     ("00_zoo_and_tasks",)))
-register_stage(Stage("02_model_vectors", ("run", "extract"), ("extract", "probes"), ("00_zoo_and_tasks", "01_groundtruth")))
-register_stage(Stage("03_autoencoder", ("run", "autoencoder", "train"), ("autoencoder", "train", "probes"),
-                     ("02_model_vectors",)))
-register_stage(Stage("04_dataset_tokens", ("run", "encoder", "tokens"), ("encoders", "tokens", "offline", "data", "world", "zoo"),
-                     ("00_zoo_and_tasks",)))
-register_stage(Stage("05_baselines", ("run", "baselines"), ("baselines", "transferability", "zoo", "nets", "data"),
-                     ("00_zoo_and_tasks",)))
-register_stage(Stage("06_ranker", ("run", "groundtruth", "ranker", "train"), ("ranker", "train"),
-                     ("01_groundtruth", "03_autoencoder", "04_dataset_tokens")))
-register_stage(Stage("07_evaluate", ("run", "groundtruth", "ranker", "train", "evaluate"),
-                     ("evaluate", "ranker", "train", "metrics", "report"), ("05_baselines", "06_ranker")))
-register_stage(Stage("08_hardware", ("run", "groundtruth", "hardware"), ("hardware", "budgets", "zoo", "nets"),
-                     ("00_zoo_and_tasks", "01_groundtruth", "07_evaluate")))
+register_stage(Stage("00_zoo_and_tasks", ("run", "data", "tasks", "zoo")))
+register_stage(Stage("01_groundtruth", ("run", "groundtruth"), ("00_zoo_and_tasks",)))
+register_stage(Stage("02_model_vectors", ("run", "extract"), ("00_zoo_and_tasks", "01_groundtruth")))
+register_stage(Stage("03_autoencoder", ("run", "autoencoder", "train"), ("02_model_vectors",)))
+register_stage(Stage("04_dataset_tokens", ("run", "encoder", "tokens"), ("00_zoo_and_tasks",)))
+register_stage(Stage("05_baselines", ("run", "baselines"), ("00_zoo_and_tasks",)))
+register_stage(Stage("06_ranker", ("run", "groundtruth", "ranker", "train", "evaluate"),
+                     ("01_groundtruth", "03_autoencoder", "04_dataset_tokens", "05_baselines")))
+register_stage(Stage("07_evaluate", ("run", "groundtruth", "autoencoder", "ranker", "train", "evaluate"),
+                     ("02_model_vectors", "05_baselines", "06_ranker")))
+register_stage(Stage("08_hardware", ("run", "groundtruth", "hardware"), ("00_zoo_and_tasks", "01_groundtruth", "07_evaluate")))
+
+# Modules whose source counts in a key but whose own imports are not followed: the driver (its sharders
+# import the stages' modules lazily), the parameter checks (import every registry) and the report.
+INFRASTRUCTURE = frozenset({"pipeline", "checks", "report"})
+
+
+def ptmrec_imports(source: str, root: Path = REPO) -> set[str]:
+    """Names of the ptmrec modules that ``source`` imports anywhere (top level or inside a function)."""
+    return set(_imports(source, str(root)))
+
+
+@functools.lru_cache(maxsize=512)
+def _imports(source: str, root: str) -> frozenset[str]:  # a stage key parses each module once per process
+    import ast
+
+    root = Path(root)
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.ImportFrom) and (node.level == 1 or (node.module or "").split(".")[0] == "ptmrec"):
+            parts = (node.module or "").split(".")
+            parts = parts[1:] if parts[0] == "ptmrec" else parts
+            found |= {parts[0]} if parts and parts[0] else {a.name for a in node.names}
+        elif isinstance(node, ast.Import):
+            found |= {a.name.split(".")[1] for a in node.names if a.name.startswith("ptmrec.")}
+    return frozenset(m for m in found if (root / "ptmrec" / f"{m}.py").is_file())
+
+
+def stage_modules(name: str, root: Path = REPO) -> frozenset[str]:
+    """The ptmrec modules a stage's results depend on: what its notebook imports, and what those import,
+    transitively (``INFRASTRUCTURE`` modules count but are not followed). Derived from the code, so a new
+    import can never leave a stage stale."""
+    nb = root / "notebooks" / f"{name}.ipynb"
+    code = "\n".join("".join(c["source"]) for c in json.loads(nb.read_text())["cells"] if c["cell_type"] == "code")
+    todo = list(ptmrec_imports("\n".join(l for l in code.splitlines() if not l.lstrip().startswith(("%", "!"))), root))
+    seen: set[str] = set()
+    while todo:
+        m = todo.pop()
+        if m not in seen:
+            seen.add(m)
+            if m not in INFRASTRUCTURE:
+                todo += ptmrec_imports((root / "ptmrec" / f"{m}.py").read_text(), root)
+    return frozenset(seen)
+
+
+def code_hash(name: str, root: Path = REPO) -> str:
+    """Hash of a stage's notebook code and of the source of every module in ``stage_modules``."""
+    parts = [_notebook_hash(root / "notebooks" / f"{name}.ipynb")]
+    parts += [f"{m}:{_file_hash(root / 'ptmrec' / f'{m}.py')}" for m in sorted(stage_modules(name, root))]
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()
 
 
 def list_stages() -> list[str]:
@@ -110,8 +154,7 @@ def _notebook_hash(path: Path) -> str:
 def stage_key(P: params_mod.Params, name: str) -> str | None:
     """The key a finished run of ``name`` must have recorded; None while a dependency is not done."""
     stage = STAGES[name]
-    parts = [P.section_hash(*stage.sections), _notebook_hash(stage.notebook)]
-    parts += [_file_hash(REPO / "ptmrec" / f"{m}.py") for m in stage.modules]
+    parts = [P.section_hash(*stage.sections), code_hash(name)]
     for dep in stage.depends:
         done = recorded_key(P, dep)
         if done is None or done != stage_key(P, dep):
@@ -241,6 +284,9 @@ def run(params_file: str | Path, force: bool = False, start: str | None = None,
     import papermill as pm
 
     P = params_mod.load(params_file)  # fails on a bad key before any work
+    from .checks import check_choices
+
+    check_choices(P)  # ... and on a value no registry knows (a loss, an extractor, a dataset, ...)
     params_file = Path(params_file).resolve()
     nb_dir = run_dir(P.name) / "notebooks"
     nb_dir.mkdir(parents=True, exist_ok=True)
@@ -266,15 +312,33 @@ def run(params_file: str | Path, force: bool = False, start: str | None = None,
 
 
 def _write_report(P: params_mod.Params) -> None:
-    """The run's HTML report (ptmrec.report); a report that cannot be written is said, never fatal to the run."""
-    try:
-        from . import report
+    """The run's HTML report, then its Quarto report (HTML; PDF where LaTeX is installed) when ``quarto`` is on
+    the PATH. A report that cannot be written or rendered is said plainly and never fails the run: the stages
+    are done and recorded, and ``ptmrec report --run <run> --render`` redoes the report alone in seconds."""
+    from . import report
 
+    run = run_dir(P.name)
+    try:
         t0 = time.time()
-        index = report.write_html_report(run_dir(P.name))
+        index = report.write_html_report(run)
         print(f"[ptmrec] report: {index} ({time.time() - t0:.1f} s)", flush=True)
     except Exception as e:  # noqa: BLE001 -- the stages are done and recorded; a report failure must not undo that
         print(f"[ptmrec] report NOT written: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+        return
+    missing = [s for s in STAGES if not (run / "notebooks" / f"{s}.ipynb").exists()]
+    if missing:  # a partial run (--only, a SLURM stage job): the pages would embed notebooks it lacks
+        print(f"[ptmrec] Quarto report not rendered: the run has no executed notebook of {', '.join(missing)} "
+              f"yet (./run_all.sh params/{P.name}.yaml makes them)", flush=True)
+        return
+    try:
+        seconds = report.render_quarto(run, log=lambda m: print(f"[ptmrec] {m}", flush=True))
+        took = ", ".join(f"{k} {v:.1f} s" for k, v in seconds.items()) or "up to date"
+        print(f"[ptmrec] Quarto report: {run / 'report' / 'quarto' / '_output'}/index.html ({took})", flush=True)
+    except report.QuartoMissing as e:
+        print(f"[ptmrec] {e}", flush=True)
+    except Exception as e:  # noqa: BLE001 -- as above: said, not fatal
+        print(f"[ptmrec] Quarto report NOT rendered (the stages are done and recorded; fix this, then run "
+              f"`ptmrec report --run {run} --render`): {e}", file=sys.stderr, flush=True)
 
 
 def run_shard(params_file: str | Path, name: str, index: int, count: int) -> int:

@@ -22,9 +22,11 @@ from __future__ import annotations
 
 import html
 import json
+import os
 import re
 import shutil
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -218,8 +220,11 @@ def write_html_report(run: str | Path) -> Path:
                 f'<p class="bad">no file figures/{f.name}.png in {stage}/</p>'
             figs.append(f'<figure id="{f.label}">{img}<figcaption><b>{f.label}</b>: {html.escape(f.caption)} '
                         f'{links}</figcaption></figure>')
+        bare = "".join(f"<li>{html.escape(u)}</li>" for u in unlabelled_figures(nb, stage))
         sections.append(f'<h2 id="{stage}">{stage}</h2><p>{status} · <a href="{stage}.html">executed notebook</a></p>'
-                        + (f"<table>{cells}</table>" if cells else "") + "".join(figs))
+                        + (f"<table>{cells}</table>" if cells else "") + "".join(figs)
+                        + (f'<p class="bad">Figure cells without a <code>#| label: fig-...</code> (not in the Quarto '
+                           f'report; label them):</p><ul>{bare}</ul>' if bare else ""))
     title = f"ptmrec run {html.escape(run.name)}"
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{title}</title><style>{_STYLE}</style></head>"
             f"<body><h1>{title}</h1><p>{html.escape(str(run.resolve()))} · written "
@@ -233,14 +238,101 @@ def write_html_report(run: str | Path) -> Path:
 
 # ---------------------------------------------------------------------------------- Quarto
 
+QUARTO_MISSING = ("Quarto is not installed, so the run's Quarto report (HTML, PDF) was not rendered; install it "
+                  "from https://quarto.org/docs/get-started/ or with `conda install -c conda-forge quarto`, "
+                  "then run `ptmrec report --run {run} --render`.")
+_GENERATED_QUARTO = ("notebooks", "_output", ".quarto", "_metrics", "figures.qmd")
 
-def prepare_quarto(run: str | Path, reports: str | Path = REPO / "reports") -> list[Path]:
-    """Copy a run's executed notebooks into reports/notebooks/ and write the generated figure pages.
+
+class QuartoMissing(ReportError):
+    """``quarto`` is not on the PATH (the message is one plain sentence saying how to install it)."""
+
+
+def unlabelled_figures(path: str | Path, stage: str | None = None) -> list[str]:
+    """Code cells of an executed notebook that show an image but carry no ``#| label: fig-...``, as
+    ``<stage>: cell <i> (<first line>)``: Quarto cannot embed them, so they are listed, never dropped silently."""
+    nb = json.loads(Path(path).read_text())
+    stage = stage or Path(path).stem
+    out = []
+    for i, cell in enumerate(nb["cells"]):
+        if cell["cell_type"] != "code" or cell_options("".join(cell["source"])).get("label", "").startswith("fig-"):
+            continue
+        if any(o.get("output_type") in ("display_data", "execute_result")
+               and any(k.startswith("image/") for k in o.get("data", {})) for o in cell.get("outputs", [])):
+            first = next((line for line in "".join(cell["source"]).splitlines() if line.strip()), "")
+            out.append(f"{stage}: cell {i} ({first[:60]})")
+    return out
+
+
+def _flat(metrics: dict, prefix: str = "") -> list[tuple[str, object]]:
+    rows: list[tuple[str, object]] = []
+    for k, v in metrics.items():
+        if not prefix and k in ("stage", "params"):
+            continue
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            rows += _flat(v, key + ".")
+        elif isinstance(v, (int, float, str, bool)) and not (isinstance(v, str) and len(v) > 60):
+            rows.append((key, v))
+    return rows
+
+
+def _fmt(v: object) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v).replace("|", "\\|")
+
+
+def metrics_markdown(run: str | Path, stage: str, limit: int = 24) -> str:
+    """A Markdown table of a stage's key metrics (the scalars of its metrics.json), captioned and labelled
+    ``tbl-metrics-<NN>`` for a cross-reference; a note naming the stage when the run has no metrics.json."""
+    run = Path(run)
+    path = run / stage / "metrics.json"
+    num = stage.split("_", 1)[0]
+    if not path.exists():
+        return (f"*Stage {stage} has no metrics.json in run {run.name}: run "
+                f"`./run_all.sh params/{run.name}.yaml --from {stage}`.*\n")
+    rows = _flat(read_json(path))
+    more = len(rows) - limit
+    lines = ["| metric | value |", "|:--|--:|"] + [f"| `{k}` | {_fmt(v)} |" for k, v in rows[:limit]]
+    note = f"; {more} more in metrics.json" if more > 0 else ""
+    return "\n".join(lines) + f"\n\n: Key metrics of stage {stage} (run {run.name}{note}) {{#tbl-metrics-{num}}}\n"
+
+
+_RICH = ("text/html", "application/javascript", "text/latex")
+
+
+def _quarto_notebook(src: Path, dst: Path) -> None:
+    """Copy an executed notebook for Quarto, dropping the HTML/JavaScript representation of any output that
+    has a plain or image one too (a DataFrame's table): with such an output anywhere in a notebook, Quarto
+    puts require.js and jQuery from a CDN into every page that embeds it, which breaks the offline report."""
+    if dst.exists() and dst.stat().st_mtime >= src.stat().st_mtime:
+        return
+    nb = json.loads(src.read_text())
+    for cell in nb.get("cells", []):
+        for o in cell.get("outputs", []):
+            data = o.get("data")
+            if data and any(k in data for k in _RICH) and any(k not in _RICH for k in data):
+                o["data"] = {k: v for k, v in data.items() if k not in _RICH}
+    nb.get("metadata", {}).pop("widgets", None)
+    write_text(dst, json.dumps(nb, indent=1))
+
+
+def prepare_quarto(run: str | Path, reports: str | Path = REPO / "reports", notebook_url: str | None = None,
+                   only_unembedded: bool = False) -> list[Path]:
+    """Copy a run's executed notebooks into reports/notebooks/ and write the generated pages and includes.
 
     ``figures-<stage>.qmd`` embeds every labelled figure of one notebook (one page per stage: labels
-    are unique within a notebook, not across notebooks) and ``figures.qmd`` links them. Afterwards
+    are unique within a notebook, not across notebooks) and ``figures.qmd`` links them and lists the
+    figure cells without a label. ``_metrics/<stage>.md`` is the key-metrics table of each stage and
+    ``_metrics/run.md`` names the run (the hand-written pages include both) and, given ``notebook_url``
+    (e.g. ``"../../{stage}.html"``), links each executed notebook's HTML. ``only_unembedded`` leaves out of
+    the figure pages every figure a hand-written page of ``reports`` already embeds (what a run renders:
+    a figure that a notebook gains shows there until a page embeds it). Afterwards
     ``quarto render reports/`` renders these and the hand-written pages. Returns the copied notebooks.
     """
+    from .pipeline import STAGES
+
     run, reports = Path(run), Path(reports)
     notebooks = stage_notebooks(run)
     if not notebooks:
@@ -249,21 +341,36 @@ def prepare_quarto(run: str | Path, reports: str | Path = REPO / "reports") -> l
     dest.mkdir(parents=True, exist_ok=True)
     for old in list(dest.glob("*.ipynb")) + list(reports.glob("figures-*.qmd")):
         old.unlink()
-    copies = []
+    copies, unlabelled = [], []
+    shown = {(Path(nb).name, label) for q in hand_written_pages(reports) for nb, label, _ in embed_targets(q)} \
+        if only_unembedded else set()
     index = ["---", f'title: "Every figure of run {run.name}"', "---", "",
              f"Generated by `ptmrec report --run {run}`: one page per executed notebook, each embedding "
-             "every labelled figure of it.", ""]
+             + ("every labelled figure of it that no hand-written page embeds." if only_unembedded
+                else "every labelled figure of it."), ""]
     for stage, nb in notebooks:
-        _copy_if_newer(nb, dest / nb.name)
+        _quarto_notebook(nb, dest / nb.name)
         copies.append(dest / nb.name)
-        figs = notebook_figures(nb, stage)
+        unlabelled += unlabelled_figures(nb, stage)
+        figs = [f for f in notebook_figures(nb, stage) if (nb.name, f.label) not in shown]
         if not figs:
             continue
         page = ["---", f'title: "{stage}"', "---", ""] + [f"{{{{< embed notebooks/{nb.name}#{f.label} >}}}}\n"
                                                            for f in figs]
         write_text(reports / f"figures-{stage}.qmd", "\n".join(page))
         index.append(f"- [{stage}](figures-{stage}.qmd): {len(figs)} figures")
+    if only_unembedded and not any(line.startswith("- [") for line in index):
+        index.append("Every labelled figure of the run is on the hand-written pages.")
+    if unlabelled:
+        index += ["", "Figure cells without a `#| label: fig-...` (Quarto cannot embed them; label them):", ""]
+        index += [f"- {u}" for u in unlabelled]
     write_text(reports / "figures.qmd", "\n".join(index) + "\n")
+    links = "" if notebook_url is None else " Executed notebooks: " + ", ".join(
+        f"[{s}]({notebook_url.format(stage=s)})" for s, _ in notebooks) + "."
+    write_text(reports / "_metrics" / "run.md",
+               f"Figures and tables of run `{run.name}` ({run.resolve()}, {run_finished(run)}).{links}\n")
+    for stage in list(STAGES) + [s for s, _ in notebooks if s not in STAGES]:
+        write_text(reports / "_metrics" / f"{stage}.md", metrics_markdown(run, stage))
     return copies
 
 
@@ -274,18 +381,140 @@ def embed_targets(qmd: str | Path) -> list[tuple[str, str, int]]:
             for m in pat.finditer(line)]
 
 
+def hand_written_pages(reports: str | Path) -> list[Path]:
+    """The hand-written pages of a Quarto project (every .qmd but the generated figures*.qmd)."""
+    return sorted(q for q in Path(reports).glob("*.qmd") if not q.name.startswith("figures"))
+
+
 def check_embeds(reports: str | Path, run: str | Path) -> list[str]:
-    """Problems of the hand-written reports/*.qmd against a run: embed targets whose notebook or label is missing."""
+    """Problems of reports/*.qmd against a run: embed targets whose notebook or label is missing, each naming
+    the page and line, the notebook, the label and the stage that makes the notebook."""
+    from .pipeline import STAGES
+
+    run = Path(run)
     notebooks = dict((p.name, p) for _, p in stage_notebooks(run))
     problems = []
     for qmd in sorted(Path(reports).glob("*.qmd")):
         for nb, label, line in embed_targets(qmd):
             name = Path(nb).name
+            stage = Path(nb).stem
             if name not in notebooks:
-                problems.append(f"{qmd.name}:{line}: notebook {nb} is not an executed notebook of {run}")
-            elif label not in {f.label for f in notebook_figures(notebooks[name])}:
-                problems.append(f"{qmd.name}:{line}: {nb} has no cell labelled {label}")
+                who = (f"stage {stage} makes it: ./run_all.sh params/{run.name}.yaml --from {stage}" if stage in STAGES
+                       else f"no stage is called {stage} ({', '.join(STAGES)})")
+                problems.append(f"{qmd.name}:{line}: notebook {nb} is not an executed notebook of {run} ({who})")
+            else:
+                figs = {f.label: f for f in notebook_figures(notebooks[name])}
+                if label not in figs:
+                    have = ", ".join(figs) or "none"
+                    problems.append(f"{qmd.name}:{line}: {nb} has no cell labelled {label} (its labels: {have})")
+                elif not figs[label].has_output:
+                    problems.append(f"{qmd.name}:{line}: the cell labelled {label} of {nb} shows no image (did stage "
+                                    f"{stage} finish? ./run_all.sh params/{run.name}.yaml --from {stage})")
     return problems
+
+
+def quarto_sources(reports: str | Path, dest: str | Path) -> Path:
+    """Copy the hand-written sources of the Quarto project (pages, _quarto.yml, assets; nothing generated) to dest."""
+    reports, dest = Path(reports), Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    for p in reports.iterdir():
+        if p.name in _GENERATED_QUARTO or p.name.startswith(("figures-", ".")) or p.name.endswith("_files"):
+            continue
+        if p.is_dir():
+            shutil.copytree(p, dest / p.name, dirs_exist_ok=True)
+        else:
+            shutil.copy2(p, dest / p.name)
+    return dest
+
+
+def latex_engine(reports: str | Path = REPO / "reports") -> str | None:
+    """The PDF engine the Quarto project names (format: pdf: pdf-engine), if it is on the PATH; else None."""
+    conf = yaml.safe_load((Path(reports) / "_quarto.yml").read_text()) or {}
+    pdf = ((conf.get("format") or {}).get("pdf") or {})
+    engine = pdf.get("pdf-engine", "xelatex") if isinstance(pdf, dict) else "xelatex"
+    return engine if shutil.which(engine) else None
+
+
+def _quarto_fresh(run: Path, reports: Path, dest: Path, formats: tuple[str, ...]) -> bool:
+    """Whether every page's output of every format is newer than the run's notebooks and metrics, the
+    project's sources and this module (nothing to render again)."""
+    outputs = [dest / "_output" / f"{q.stem}.{fmt}" for q in hand_written_pages(reports) for fmt in formats
+               if fmt == "html" or latex_engine(reports)]
+    if not outputs or not all(o.exists() for o in outputs):
+        return False
+    inputs = [nb for _, nb in stage_notebooks(run)] + list(run.glob("*/metrics.json")) + [Path(__file__)]
+    inputs += [p for p in reports.iterdir() if p.is_file() and not p.name.startswith(("figures", "."))]
+    return min(o.stat().st_mtime for o in outputs) > max(p.stat().st_mtime for p in inputs)
+
+
+def run_finished(run: str | Path) -> str:
+    """When the run's last stage finished (from its _stage.json markers), for saying which run a report drew from."""
+    finished = [read_json(p).get("finished", "") for p in Path(run).glob("*/_stage.json")]
+    return f"last stage finished {max(finished)}" if finished else "no stage finished"
+
+
+def find_quarto(quarto: str = "quarto") -> str | None:
+    """The quarto executable: on the PATH, else beside the running Python (setup.sh links it into .venv/bin)."""
+    beside = Path(sys.executable).parent / quarto
+    return shutil.which(quarto) or (str(beside) if beside.is_file() and os.access(beside, os.X_OK) else None)
+
+
+def render_quarto(run: str | Path, reports: str | Path = REPO / "reports", dest: str | Path | None = None,
+                  formats: tuple[str, ...] = ("html", "pdf"), quarto: str = "quarto",
+                  log: Callable[[str], None] = print, force: bool = False) -> dict[str, float]:
+    """Render the Quarto project of a run into runs/<set>/report/quarto/_output/; return seconds per format.
+
+    The hand-written pages of ``reports`` and the run's notebooks, figure pages and metric tables
+    (``prepare_quarto``) are put together in ``dest`` (default runs/<set>/report/quarto), so each run
+    keeps its own rendered report. Every embed target is checked first (a missing notebook or label
+    raises naming both); HTML always, PDF only when the LaTeX engine is installed (said, otherwise).
+    Raises ``QuartoMissing`` (one sentence) when quarto is not on the PATH, ``ReportError`` when a render fails.
+    """
+    run = Path(run)
+    exe = find_quarto(quarto)
+    if exe is None:
+        raise QuartoMissing(QUARTO_MISSING.format(run=run))
+    if not run.is_dir():
+        raise ReportError(f"{run}: no such run folder (run ./run_all.sh params/<set>.yaml first)")
+    dest = Path(dest) if dest else run / "report" / "quarto"
+    if not force and _quarto_fresh(run, Path(reports), dest, formats):
+        log(f"Quarto report up to date: {dest / '_output'}")
+        return {}
+    quarto_sources(reports, dest)
+    prepare_quarto(run, dest, notebook_url="../../{stage}.html", only_unembedded=True)
+    # Quarto's own notebook previews would double the render time; the run's report already has each
+    # executed notebook as HTML (nbconvert, linked from the pages), so the copy in dest renders without them.
+    conf = yaml.safe_load((dest / "_quarto.yml").read_text())
+    html_conf = conf.setdefault("format", {}).setdefault("html", {})
+    if isinstance(html_conf, dict):
+        html_conf["notebook-view"] = False
+    write_text(dest / "_quarto.yml", yaml.safe_dump(conf, sort_keys=False))
+    problems = check_embeds(dest, run)
+    if problems:
+        raise ReportError(f"the Quarto pages embed figures run {run} lacks:\n  " + "\n  ".join(problems))
+    for u in [u for s, nb in stage_notebooks(run) for u in unlabelled_figures(nb, s)]:
+        log(f"figure without a label (not in the Quarto report): {u}")
+    env = {**os.environ}
+    env.setdefault("QUARTO_PYTHON", sys.executable)
+    seconds = {}
+    for fmt in formats:
+        if fmt == "pdf" and latex_engine(dest) is None:
+            log("Quarto PDF skipped: no LaTeX engine on the PATH (apt.txt installs it)")
+            continue
+        if fmt != "html":  # one document per hand-written page; the generated figure pages are HTML only
+            conf = yaml.safe_load((dest / "_quarto.yml").read_text())
+            conf.setdefault("project", {})["render"] = [q.name for q in hand_written_pages(dest)]
+            write_text(dest / "_quarto.yml", yaml.safe_dump(conf, sort_keys=False))
+        t0 = time.time()
+        r = subprocess.run([exe, "render", str(dest), "--to", fmt], capture_output=True, text=True, env=env, cwd=dest)
+        if r.returncode != 0:
+            lines = [re.sub(r"\x1b\[[0-9;]*m", "", line) for line in (r.stderr or r.stdout).strip().splitlines()]
+            tail = "\n".join(line for line in lines if line.strip() and not line.lstrip().startswith("at ")
+                              and line.strip() != "Stack trace:")[-3000:]
+            done = "".join(f" ({f.upper()} rendered into {dest / '_output'} in {v} s)" for f, v in seconds.items())
+            raise ReportError(f"quarto render {dest} --to {fmt} failed (exit {r.returncode}){done}:\n{tail}")
+        seconds[fmt] = round(time.time() - t0, 1)
+    return seconds
 
 
 # --------------------------------------------------------------------------------- thesis
@@ -369,8 +598,9 @@ def _noise_table(run: Path) -> str:
     import pandas as pd
 
     n = pd.read_csv(_need(run, "01_groundtruth/noise.csv"))
-    rows = [dict(statistic=c.replace("_", " "), mean=n[c].mean(), min=n[c].min(), tasks=len(n))
-            for c in ("kendall_tau", "weighted_tau")]
+    n = n.assign(split=n.split if "split" in n.columns else "test")
+    rows = [dict(statistic=c.replace("_", " "), test_split="same" if s == "test" else "fresh", mean=g[c].mean(),
+                 min=g[c].min(), tasks=len(g)) for s, g in n.groupby("split") for c in ("kendall_tau", "weighted_tau")]
     return latex_table(pd.DataFrame(rows))
 
 
@@ -416,6 +646,33 @@ def thesis_references(thesis: str | Path) -> dict[str, list[str]]:
     return refs
 
 
+def figure_cell(run: str | Path, stage: str, name: str) -> Figure:
+    """The labelled cell of the run's executed notebook of ``stage`` that makes figures/<name>.pdf|png.
+
+    The thesis includes only such figures, the very ones the Quarto pages embed by label, so a figure
+    changed in a notebook changes in both; a figure file no labelled cell makes is an error saying so.
+    """
+    run = Path(run)
+    nb = run / "notebooks" / f"{stage}.ipynb"
+    if not nb.exists():
+        raise ReportError(f"{nb} does not exist: stage {stage} makes it "
+                          f"(./run_all.sh params/{run.name}.yaml --from {stage})")
+    figs = notebook_figures(nb, stage)
+    for f in figs:
+        if f.name == name:
+            return f
+    have = ", ".join(f"{f.label} ({f.name})" for f in figs) or "none"
+    raise ReportError(f"figures/{name} is not made by a labelled figure cell of notebooks/{stage}.ipynb "
+                      f"(its labelled figures: {have}); label the cell that saves it (#| label: fig-...) "
+                      "so that the thesis and the Quarto pages show the same figure")
+
+
+def thesis_figures(thesis: str | Path = REPO / "thesis") -> dict[str, tuple[str, str]]:
+    """Every figure the thesis includes, ``generated/<stage>/figures/<name>.<ext>`` -> (stage, name)."""
+    return {rel: (rel.split("/")[0], Path(rel).stem) for rel in thesis_references(thesis)
+            if rel.split("/")[1:2] == ["figures"] and Path(rel).suffix in FIGURE_EXTS}
+
+
 def thesis_assets(run: str | Path, thesis: str | Path = REPO / "thesis") -> list[Path]:
     """Fill thesis/generated/ with exactly the files the .tex sources reference; raise naming every missing one.
 
@@ -448,6 +705,8 @@ def thesis_assets(run: str | Path, thesis: str | Path = REPO / "thesis") -> list
                            f"./run_all.sh params/{run.name}.yaml --from {head}" if head in STAGES
                            else f"'{head}' is not a stage ({', '.join(STAGES)})")
                     raise ReportError(f"{src} does not exist: {who}")
+                if rest.startswith("figures/"):
+                    figure_cell(run, head, Path(rest).stem)  # one figure, one source: a labelled notebook cell
                 _copy_if_newer(src, dst)
             made.append(dst)
         except ReportError as e:

@@ -113,3 +113,35 @@ def test_nbval_reproduces_the_smoke_notebooks(smoke_runs, tmp_path):
                        timeout=1200, cwd=tmp_path)
     assert r.returncode == 0, r.stdout[-6000:]
     assert "passed" in r.stdout
+
+
+def test_stage_modules_come_from_the_notebooks_imports():
+    """What a stage hashes is what its notebook imports, transitively: no hand-written list to forget."""
+    from ptmrec import pipeline
+
+    assert {"evaluate", "protocol", "probing", "ranker", "train", "autoencoder", "metrics", "tokens", "audit",
+            "extract", "baselines"} <= pipeline.stage_modules("07_evaluate")
+    assert {"offline", "icons", "photos", "pools", "zoo", "nets", "world"} <= pipeline.stage_modules("00_zoo_and_tasks")
+    assert "ranker" not in pipeline.stage_modules("00_zoo_and_tasks")  # the driver's lazy imports are not followed
+
+
+def test_editing_any_module_a_stage_uses_makes_it_stale(tmp_path):
+    """Touch each module of a stage's closure in a copy of the code: that stage's code hash moves, and a stage that
+    does not use the module keeps its hash."""
+    import shutil
+
+    from ptmrec import pipeline
+
+    for sub in ("ptmrec", "notebooks"):
+        shutil.copytree(REPO / sub, tmp_path / sub, ignore=shutil.ignore_patterns("__pycache__"))
+    before = {s: pipeline.code_hash(s, tmp_path) for s in pipeline.STAGES}
+    for stage in ("03_autoencoder", "06_ranker"):
+        for m in sorted(pipeline.stage_modules(stage, tmp_path)):
+            f = tmp_path / "ptmrec" / f"{m}.py"
+            original = f.read_text()
+            f.write_text(original + "\n# an edit\n")
+            assert pipeline.code_hash(stage, tmp_path) != before[stage], m
+            for other in pipeline.STAGES:
+                if m not in pipeline.stage_modules(other, tmp_path):
+                    assert pipeline.code_hash(other, tmp_path) == before[other], (m, other)
+            f.write_text(original)

@@ -1,4 +1,5 @@
 """The LaTeX thesis: its generated inputs come from a named run; a missing one is an error; it builds."""
+import json
 import re
 import shutil
 import subprocess
@@ -65,6 +66,7 @@ def test_a_missing_figure_or_table_is_an_error_naming_it(tmp_path):
     run = tmp_path / "runs" / "mini"
     (run / "03_autoencoder" / "figures").mkdir(parents=True)
     (run / "03_autoencoder" / "figures" / "token_map.pdf").write_bytes(b"%PDF-1.4\n")
+    _notebook(run, "03_autoencoder", token_map="fig-token-map")
     thesis = tmp_path / "thesis"
     (thesis / "chapters").mkdir(parents=True)
     (thesis / "main.tex").write_text("\\input{generated/run.tex}\n\\include{chapters/x}\n")
@@ -85,6 +87,60 @@ def test_a_missing_figure_or_table_is_an_error_naming_it(tmp_path):
     r = subprocess.run([sys.executable, "-m", "ptmrec.cli", "thesis", "--run", str(run), "--thesis", str(thesis)],
                        capture_output=True, text=True, cwd=REPO)
     assert r.returncode == 2 and "no_such_figure.pdf" in r.stderr
+
+
+def _notebook(run: Path, stage: str, **figures: str) -> None:
+    """An executed notebook of ``stage`` in ``run`` with one labelled figure cell per name=label."""
+    cells = [{"cell_type": "code", "source": f'#| label: {label}\n#| fig-cap: "{name}."\nplots.save(fig, OUT, "{name}")',
+              "outputs": []} for name, label in figures.items()]
+    (run / "notebooks").mkdir(parents=True, exist_ok=True)
+    (run / "notebooks" / f"{stage}.ipynb").write_text(json.dumps({"cells": cells}))
+
+
+def test_a_thesis_figure_that_no_labelled_cell_makes_is_an_error(tmp_path):
+    """One figure, one source: the thesis includes only figures of labelled notebook cells (what Quarto embeds)."""
+    run = tmp_path / "runs" / "mini"
+    (run / "03_autoencoder" / "figures").mkdir(parents=True)
+    for name in ("token_map", "side_plot"):
+        (run / "03_autoencoder" / "figures" / f"{name}.pdf").write_bytes(b"%PDF-1.4\n")
+    thesis = tmp_path / "thesis"
+    thesis.mkdir()
+    (thesis / "main.tex").write_text("\\includegraphics{generated/03_autoencoder/figures/token_map.pdf}\n"
+                                     "\\includegraphics{generated/03_autoencoder/figures/side_plot.pdf}\n")
+    with pytest.raises(report.ReportError, match="notebooks/03_autoencoder.ipynb does not exist: stage 03_autoencoder"):
+        report.thesis_assets(run, thesis)
+    _notebook(run, "03_autoencoder", token_map="fig-token-map")
+    with pytest.raises(report.ReportError) as e:
+        report.thesis_assets(run, thesis)
+    msg = str(e.value)
+    assert "generated/03_autoencoder/figures/side_plot.pdf (needed by main.tex:2)" in msg
+    assert "not made by a labelled figure cell of notebooks/03_autoencoder.ipynb" in msg and "fig-token-map" in msg
+    assert "token_map.pdf (needed" not in msg
+
+
+@pytest.mark.slow
+def test_thesis_figures_are_the_figures_the_quarto_pages_embed(smoke_runs):
+    """Every figure the thesis includes is a labelled cell of the run's notebook that a Quarto page embeds."""
+    run = smoke_runs / "smoke"
+    embedded = {(Path(nb).stem, label) for q in report.hand_written_pages(REPO / "reports")
+                for nb, label, _ in report.embed_targets(q)}
+    figures = report.thesis_figures(THESIS)
+    assert len(figures) >= 5
+    for rel, (stage, name) in figures.items():
+        fig = report.figure_cell(run, stage, name)  # raises naming the notebook when no labelled cell makes it
+        assert (stage, fig.label) in embedded, (f"the thesis includes {rel} (cell {fig.label} of notebooks/{stage}"
+                                                ".ipynb), which no hand-written Quarto page embeds")
+
+
+@pytest.mark.slow
+def test_thesis_command_says_which_run(smoke_runs, tmp_path):
+    thesis = _sources(tmp_path / "thesis")
+    run = smoke_runs / "smoke"
+    r = subprocess.run([sys.executable, "-m", "ptmrec.cli", "thesis", "--run", str(run), "--thesis", str(thesis),
+                        "--assets-only"], capture_output=True, text=True, cwd=REPO)
+    assert r.returncode == 0, r.stderr
+    assert f"figures and tables from run {run.resolve()} (last stage finished " in r.stdout
+    assert "\\newcommand{\\ptmrecRun}{smoke}" in (thesis / "generated" / "run.tex").read_text()
 
 
 @pytest.mark.slow
