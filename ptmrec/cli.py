@@ -16,8 +16,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _cmd_params(args: argparse.Namespace) -> int:
     from . import params as params_mod
+    from .checks import check_choices
 
-    print(params_mod.load(args.params).to_yaml(), end="")
+    P = params_mod.load(args.params)
+    check_choices(P)  # every value against its registry, as ./run_all.sh does before any work
+    print(P.to_yaml(), end="")
     return 0
 
 

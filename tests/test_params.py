@@ -108,3 +108,12 @@ def test_run_all_refuses_an_unknown_choice_before_any_stage(tmp_path):
                        env={**os.environ, "PTMREC_RUNS": str(tmp_path / "runs")}, timeout=600)
     assert r.returncode != 0 and "'ranker.loss' has 'hinge'" in r.stderr + r.stdout
     assert not (tmp_path / "runs" / "bad" / "00_zoo_and_tasks").exists()
+
+
+def test_ptmrec_params_names_a_bad_value(tmp_path, capsys):
+    from ptmrec.cli import main
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("tokens:\n  kind: patches\n")
+    assert main(["params", str(bad)]) == 2
+    assert "'tokens.kind' has 'patches', which is not valid; valid: images, prototypes" in capsys.readouterr().err
