@@ -35,8 +35,9 @@ from typing import Callable, Iterable
 import numpy as np
 
 from .params import DataParams
-from .paths import REPO, write_npz
-from .pools import FINGERPRINT_PX, DataMissingError, Pool, cache_folder, decode_file, is_source, register_dataset, to_rgb
+from .paths import REPO
+from .pools import (FINGERPRINT_PX, DataMissingError, Pool, cache_folder, decode_file, is_source, read_image_cache,
+                    register_dataset, to_rgb, write_image_cache)
 
 log = logging.getLogger(__name__)
 
@@ -183,15 +184,7 @@ def render_cached(arts: list[Art], size: int, cache: Path | None) -> dict[str, n
     """
     from ptmrec.progress import progress
 
-    known: dict[str, np.ndarray | str] = {}
-    if cache is not None and cache.is_file():
-        try:
-            with np.load(cache) as z:  # plain arrays (allow_pickle is False): never unpickles
-                known.update(zip(z["keys"].tolist(), z["images"]))
-                known.update(zip(z["bad_keys"].tolist(), z["bad_reasons"].tolist()))
-        except Exception as e:  # a damaged cache is rebuilt, never trusted
-            log.warning("ignoring unreadable cache %s (%s)", cache, e)
-            known = {}
+    known = read_image_cache(cache)
     todo = sorted({a.key: a for a in arts if a.key not in known}.values(), key=lambda a: (a.path, a.key))
     if todo:
         require_resvg()
@@ -199,11 +192,7 @@ def render_cached(arts: list[Art], size: int, cache: Path | None) -> dict[str, n
         done = progress(todo, desc=f"rendering {len(todo)} images at {size} px", total=len(todo)) if many else todo
         known.update((a.key, render_art(a, size)) for a in done)
         if cache is not None:
-            good = {k: v for k, v in known.items() if not isinstance(v, str)}
-            bad = {k: v for k, v in known.items() if isinstance(v, str)}
-            write_npz(cache, keys=np.array(list(good), dtype=str),
-                      images=np.stack(list(good.values())) if good else np.zeros((0, size, size, 3), np.uint8),
-                      bad_keys=np.array(list(bad), dtype=str), bad_reasons=np.array(list(bad.values()), dtype=str))
+            write_image_cache(cache, known, size)
     return {a.key: known[a.key] for a in arts}
 
 

@@ -188,8 +188,12 @@ def decode_many(paths: list[str], size: int) -> list[np.ndarray | str]:
         return list(progress(done, desc=f"decoding {len(paths)} images at {size} px", total=len(paths)) if many else done)
 
 
-def decode_cached(paths: list[str], keys: list[str], size: int, cache: Path | None) -> dict[str, np.ndarray | str]:
-    """Decoded image (or failure reason) per content key; new decodes are added to the ``cache`` .npz."""
+def read_image_cache(cache: Path | None) -> dict[str, np.ndarray | str]:
+    """Key -> image uint8 [S, S, 3] or the reason it could not be made, from an image cache .npz.
+
+    Plain arrays only (``allow_pickle`` stays False: nothing is unpickled); a damaged cache is logged and
+    rebuilt, never trusted.
+    """
     known: dict[str, np.ndarray | str] = {}
     if cache is not None and cache.is_file():
         try:
@@ -199,15 +203,26 @@ def decode_cached(paths: list[str], keys: list[str], size: int, cache: Path | No
         except Exception as e:  # a damaged cache is rebuilt, never trusted
             log.warning("ignoring unreadable cache %s (%s)", cache, e)
             known = {}
+    return known
+
+
+def write_image_cache(cache: Path, known: dict[str, np.ndarray | str], size: int) -> None:
+    """Write ``known`` (key -> image [size, size, 3] or failure reason) as the image cache .npz, atomically."""
+    good = {k: v for k, v in known.items() if not isinstance(v, str)}
+    bad = {k: v for k, v in known.items() if isinstance(v, str)}
+    write_npz(cache, keys=np.array(list(good), dtype=str),
+              images=np.stack(list(good.values())) if good else np.zeros((0, size, size, 3), np.uint8),
+              bad_keys=np.array(list(bad), dtype=str), bad_reasons=np.array(list(bad.values()), dtype=str))
+
+
+def decode_cached(paths: list[str], keys: list[str], size: int, cache: Path | None) -> dict[str, np.ndarray | str]:
+    """Decoded image (or failure reason) per content key; new decodes are added to the ``cache`` .npz."""
+    known = read_image_cache(cache)
     todo = sorted({k: p for k, p in zip(keys, paths) if k not in known}.items())
     if todo:
         known.update(zip([k for k, _ in todo], decode_many([p for _, p in todo], size)))
         if cache is not None:
-            good = {k: v for k, v in known.items() if not isinstance(v, str)}
-            bad = {k: v for k, v in known.items() if isinstance(v, str)}
-            write_npz(cache, keys=np.array(list(good), dtype=str),
-                      images=np.stack(list(good.values())) if good else np.zeros((0, size, size, 3), np.uint8),
-                      bad_keys=np.array(list(bad), dtype=str), bad_reasons=np.array(list(bad.values()), dtype=str))
+            write_image_cache(cache, known, size)
     return {k: known[k] for k in keys}
 
 

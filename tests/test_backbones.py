@@ -20,6 +20,7 @@ import torch
 from ptmrec import backbones as B
 from ptmrec import zoo
 from ptmrec.params import ZooParams
+from test_zoo import synth_pool  # the synthetic source pool the zoo tests build models on
 
 NAMES = B.list_backbones()
 STAMPS = Path("/usr/share/tuxpaint/stamps/animals/mammals")  # Debian tuxpaint-stamps-default
@@ -70,25 +71,6 @@ def on_white(path: Path, size: int = 224) -> np.ndarray:
     canvas = Image.new("RGB", (s, s), (255, 255, 255))
     canvas.paste(bg.convert("RGB"), ((s - im.size[0]) // 2, (s - im.size[1]) // 2))
     return np.asarray(canvas.resize((size, size), Image.BILINEAR))
-
-
-@dataclasses.dataclass
-class Pool:  # the fields of ptmrec.data.Pool that the zoo reads
-    name: str
-    images: np.ndarray  # uint8 [N, S, S, 3]
-    labels: np.ndarray  # int64 [N]
-    classes: list[str]
-
-
-def synth_pool(name: str, k: int = 3, per_class: int = 16, size: int = 24, seed: int = 0) -> Pool:
-    """Noise images with a class-coloured bright square at a class-dependent place."""
-    rng = np.random.default_rng(seed)
-    labels = np.repeat(np.arange(k), per_class)
-    images = rng.integers(0, 60, (len(labels), size, size, 3)).astype(np.uint8)
-    for i, c in enumerate(labels):
-        r = (5 * c) % (size - 6)
-        images[i, r:r + 6, r:r + 6, c % 3] = 250
-    return Pool(name, images, labels.astype(np.int64), [f"{name}{j}" for j in range(k)])
 
 
 def probs(model: torch.nn.Module, images: np.ndarray, size: int) -> torch.Tensor:
