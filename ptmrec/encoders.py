@@ -43,6 +43,7 @@ import torch.nn.functional as F
 
 from .params import EncoderParams
 from .paths import read_json, write_json
+from .registry import Registry
 
 log = logging.getLogger(__name__)
 
@@ -133,21 +134,16 @@ def _trim(model: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
 
 # ----------------------------------------------------------------------------- registry
 
-ENCODERS: dict[str, Callable[[EncoderParams, str, Path], ClipImageEncoder]] = {}
+ENCODERS = Registry("encoder")  # name -> builder(params: EncoderParams, device, cache_dir) -> ClipImageEncoder
 
 
 def register_encoder(name: str) -> Callable:
     """Decorator: register ``builder(params: EncoderParams, device, cache_dir) -> ClipImageEncoder``."""
-
-    def wrap(builder: Callable) -> Callable:
-        ENCODERS[name] = builder
-        return builder
-
-    return wrap
+    return ENCODERS.register(name)
 
 
-def list_encoders() -> list[str]:
-    return sorted(ENCODERS)
+def list_encoders(pattern: str = "*") -> list[str]:
+    return ENCODERS.list(pattern)
 
 
 def build_encoder(params: EncoderParams, device: str = "cpu", cache_dir: str | Path | None = None) -> ClipImageEncoder:

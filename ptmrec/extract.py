@@ -41,7 +41,9 @@ from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
 
-EXTRACTORS: dict[str, Callable[["Weights", int], np.ndarray]] = {}
+from .registry import Registry
+
+EXTRACTORS = Registry("extractor")  # name -> fn(weights, length) -> np.float32 [length]
 WEIGHTS = "model.safetensors"
 SHARD = "vectors-{:05d}.npz"
 GOLDEN = 0.6180339887498949  # Weyl sequence step: quasi-random sample positions that do not alias with strides
@@ -56,25 +58,15 @@ class ExtractError(ValueError):
 
 def register_extractor(name: str) -> Callable:
     """Decorator: register ``fn(weights: Weights, length: int) -> np.float32 [length]`` under ``name``."""
-
-    def deco(fn: Callable[["Weights", int], np.ndarray]) -> Callable[["Weights", int], np.ndarray]:
-        old = EXTRACTORS.get(name)
-        if old is not None and (old.__module__, old.__qualname__) != (fn.__module__, fn.__qualname__):
-            raise ValueError(f"extractor '{name}' is already registered by {old.__module__}.{old.__qualname__}")
-        EXTRACTORS[name] = fn
-        return fn
-
-    return deco
+    return EXTRACTORS.register(name)
 
 
-def list_extractors() -> list[str]:
-    return sorted(EXTRACTORS)
+def list_extractors(pattern: str = "*") -> list[str]:
+    return EXTRACTORS.list(pattern)
 
 
 def get_extractor(name: str) -> Callable[["Weights", int], np.ndarray]:
-    if name not in EXTRACTORS:
-        raise KeyError(f"unknown extractor '{name}'; registered: {', '.join(list_extractors())}")
-    return EXTRACTORS[name]
+    return EXTRACTORS.get(name)
 
 
 # ------------------------------------------------------------------------------------ reading

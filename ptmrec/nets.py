@@ -23,28 +23,18 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-FAMILIES: dict[str, Callable[..., nn.Module]] = {}
+from .registry import Registry
+
+FAMILIES = Registry("family")  # name -> constructor(width, num_classes, image_size, ...) -> nn.Module
 
 
 def register_family(name: str) -> Callable:
-    """Decorator: register a model constructor under ``name``.
-
-    Re-running the same definition (a notebook cell run twice) replaces it; another function may not
-    take a registered name.
-    """
-
-    def deco(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        old = FAMILIES.get(name)
-        if old is not None and (old.__module__, old.__qualname__) != (fn.__module__, fn.__qualname__):
-            raise ValueError(f"family '{name}' is already registered by {old.__module__}.{old.__qualname__}")
-        FAMILIES[name] = fn
-        return fn
-
-    return deco
+    """Decorator: register a model constructor under ``name`` (``ptmrec.registry``'s duplicate policy)."""
+    return FAMILIES.register(name)
 
 
-def list_families() -> list[str]:
-    return sorted(FAMILIES)
+def list_families(pattern: str = "*") -> list[str]:
+    return FAMILIES.list(pattern)
 
 
 class Net(nn.Module):

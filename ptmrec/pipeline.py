@@ -22,6 +22,7 @@ from typing import Any, Callable, Iterator
 
 from . import params as params_mod
 from .paths import REPO, read_json, run_dir, stage_dir, write_json, write_text
+from .registry import Registry
 
 
 @dataclass(frozen=True)
@@ -35,12 +36,11 @@ class Stage:
         return REPO / "notebooks" / f"{self.name}.ipynb"
 
 
-STAGES: dict[str, Stage] = {}
+STAGES = Registry("stage")  # name -> Stage, in pipeline order
 
 
 def register_stage(stage: Stage) -> Stage:
-    STAGES[stage.name] = stage
-    return stage
+    return STAGES.add(stage.name, stage)
 
 
 register_stage(Stage("00_zoo_and_tasks", ("run", "data", "tasks", "zoo")))
@@ -113,17 +113,12 @@ def list_stages() -> list[str]:
 # (work_dir). ``ptmrec shard <params> <stage> --index i --count n`` computes the models of shard
 # i (every n-th model from the i-th), so n jobs of a SLURM array share the work; the stage's
 # notebook, run after them, finds every part done and only merges.
-SHARDERS: dict[str, Callable[[params_mod.Params, int, int], None]] = {}
+SHARDERS = Registry("sharder")  # stage name -> fn(P, index, count)
 
 
 def register_sharder(stage: str) -> Callable:
     """Decorator: register ``fn(P, index, count)`` that computes shard ``index`` of ``count`` of ``stage``."""
-
-    def deco(fn: Callable[[params_mod.Params, int, int], None]) -> Callable[[params_mod.Params, int, int], None]:
-        SHARDERS[stage] = fn
-        return fn
-
-    return deco
+    return SHARDERS.register(stage)
 
 
 def list_sharders() -> list[str]:

@@ -19,6 +19,8 @@ from typing import Any, Callable, Iterator
 
 
 def _origin(obj: Any) -> tuple[str, str]:
+    """Where a definition comes from; an entry that wraps a function (``.fn``, a scorer) is judged by it."""
+    obj = getattr(obj, "fn", obj)
     return getattr(obj, "__module__", ""), getattr(obj, "__qualname__", repr(obj))
 
 
@@ -74,6 +76,11 @@ class Registry:
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._items)
+
+    def __delitem__(self, name: str) -> None:  # tests unregister what they registered
+        del self._items[name]
+        self.info.pop(name, None)
+        self._names = {k: v for k, v in self._names.items() if v != name}
 
     def __len__(self) -> int:
         return len(self._items)

@@ -35,6 +35,7 @@ from typing import Callable
 import yaml
 
 from .paths import REPO, atomic_path, read_json, write_text
+from .registry import Registry
 
 FIGURE_EXTS = (".pdf", ".png")
 _OPTION = re.compile(r"^#\|\s*([\w-]+)\s*:\s*(.*)$")
@@ -519,22 +520,18 @@ def render_quarto(run: str | Path, reports: str | Path = REPO / "reports", dest:
 
 # --------------------------------------------------------------------------------- thesis
 
-TABLES: dict[str, Callable[[Path], str]] = {}
+TABLES = Registry("thesis table")  # name -> fn(run: Path) -> LaTeX
 _GENERATED = re.compile(r"generated/([\w./-]+)")
 
 
 def register_table(name: str) -> Callable:
     """Decorator: register ``fn(run: Path) -> str`` (a LaTeX table) as thesis/generated/tables/<name>.tex."""
 
-    def deco(fn: Callable[[Path], str]) -> Callable[[Path], str]:
-        TABLES[name] = fn
-        return fn
-
-    return deco
+    return TABLES.register(name)
 
 
-def list_tables() -> list[str]:
-    return sorted(TABLES)
+def list_tables(pattern: str = "*") -> list[str]:
+    return TABLES.list(pattern)
 
 
 def latex_escape(text: object) -> str:

@@ -34,10 +34,11 @@ import torch
 import torch.nn as nn
 
 from .params import AutoEncoderParams, TrainParams
+from .registry import Registry
 
 log = logging.getLogger(__name__)
 
-TRAINERS: dict[str, type["Trainer"]] = {}
+TRAINERS = Registry("trainer", normalize=lambda n: _norm(n))  # class name -> Trainer subclass; any case
 SCHEDULERS = ("cosine", "plateau", "none")  # TrainParams.scheduler
 VECTORS_STAGE = "02_model_vectors"  # the stage folder holding vectors-*.npz (``ptmrec train --run``)
 
@@ -50,25 +51,16 @@ def _norm(name: str) -> str:
 
 def register_trainer(cls: type["Trainer"]) -> type["Trainer"]:
     """Class decorator: register a Trainer subclass under its class name."""
-    old = next((c for c in TRAINERS.values() if _norm(c.__name__) == _norm(cls.__name__)), None)
-    if old is not None and (old.__module__, old.__qualname__) != (cls.__module__, cls.__qualname__):
-        raise ValueError(f"trainer '{cls.__name__}' clashes with {old.__module__}.{old.__qualname__}")
-    if old is not None:
-        del TRAINERS[old.__name__]
-    TRAINERS[cls.__name__] = cls
-    return cls
+    return TRAINERS.add(cls.__name__, cls)
 
 
-def list_trainers() -> list[str]:
-    return sorted(TRAINERS)
+def list_trainers(pattern: str = "*") -> list[str]:
+    return TRAINERS.list(pattern)
 
 
 def get_trainer(name: str) -> type["Trainer"]:
     """The trainer class called ``name``: any case, "Trainer" suffix optional."""
-    for key, cls in TRAINERS.items():
-        if _norm(key) == _norm(name):
-            return cls
-    raise KeyError(f"unknown trainer '{name}'; registered: {', '.join(list_trainers()) or 'none'}")
+    return TRAINERS.get(name)
 
 
 def doc_line(obj: Any) -> str:

@@ -56,6 +56,8 @@ from scipy import linalg as sla
 from scipy import stats
 from scipy.special import log_softmax, softmax
 
+from .registry import Registry
+
 __all__ = [
     "Scorer", "SCORERS", "register_scorer", "list_scorers", "get_scorer", "score",
     "logme", "leep", "nleep", "nce", "hscore", "regularized_hscore", "gbc", "sfda",
@@ -85,32 +87,27 @@ class Scorer:
         return self.fn(features, labels, logits)
 
 
-SCORERS: dict[str, Scorer] = {}
+SCORERS = Registry("scorer")  # name -> Scorer
 
 
 def register_scorer(name: str, needs_logits: bool = False, citation: str = "") -> Callable[[ScorerFn], ScorerFn]:
-    """Decorator: add ``fn`` to ``SCORERS`` under ``name``; a second use of a name raises."""
+    """Decorator: add ``fn`` to ``SCORERS`` under ``name`` (``ptmrec.registry``'s duplicate policy)."""
 
     def deco(fn: ScorerFn) -> ScorerFn:
-        if name in SCORERS:
-            raise ValueError(f"scorer {name!r} is already registered (by {SCORERS[name].fn.__qualname__})")
-        SCORERS[name] = Scorer(name=name, fn=fn, needs_logits=needs_logits, citation=citation)
+        SCORERS.add(name, Scorer(name=name, fn=fn, needs_logits=needs_logits, citation=citation))
         return fn
 
     return deco
 
 
-def list_scorers() -> list[str]:
-    """Registered scorer names, in registration order."""
-    return list(SCORERS)
+def list_scorers(pattern: str = "*") -> list[str]:
+    """Registered scorer names (fnmatch ``pattern``), sorted."""
+    return SCORERS.list(pattern)
 
 
 def get_scorer(name: str) -> Scorer:
     """The ``Scorer`` registered as ``name``; an unknown name raises ``KeyError`` listing the valid ones."""
-    try:
-        return SCORERS[name]
-    except KeyError:
-        raise KeyError(f"unknown scorer {name!r}; registered: {', '.join(SCORERS)}") from None
+    return SCORERS.get(name)
 
 
 # --------------------------------------------------------------------------- validation

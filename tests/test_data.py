@@ -339,3 +339,29 @@ def test_per_dataset_sizes_override_the_defaults():
     tp = TasksParams(train_per_class=5, test_per_class=5, sizes={"emojiish": [12, 4]})
     (task,) = D.sample_tasks({"emojiish": pool}, {"emojiish": 1}, tp, seed=0)
     assert len(task.train_idx) == 12 * len(task.classes) and len(task.test_idx) == 4 * len(task.classes)
+
+
+def test_one_duplicate_policy_for_every_registry():
+    """The same definition again replaces itself (a cell run twice); another under a taken name fails, naming both."""
+    from ptmrec import encoders, extract, nets, pipeline, report, train, transferability
+    from ptmrec.registry import Registry
+
+    reg = Registry("thing")
+
+    def make():
+        def thing():
+            return 1
+        return thing
+
+    reg.register("a")(make())
+    reg.register("a")(make())  # same module and qualified name: a re-run, replaced
+    with pytest.raises(ValueError, match="thing 'a' is already registered by"):
+        reg.register("a")(lambda: 2)
+    assert reg.list("*") == ["a"] and reg.list("b*") == []
+    with pytest.raises(KeyError, match="unknown thing 'b'; registered: a"):
+        reg.get("b")
+    for r in (D.DATASETS, extract.EXTRACTORS, encoders.ENCODERS, nets.FAMILIES, transferability.SCORERS,
+              train.TRAINERS, report.TABLES, pipeline.STAGES, pipeline.SHARDERS):
+        assert isinstance(r, Registry) and len(r) > 0
+    with pytest.raises(ValueError, match="already registered"):
+        transferability.register_scorer("logme")(lambda f, y, logits=None: 0.0)
