@@ -65,12 +65,12 @@ def _smoke_overrides() -> dict:
 
 
 def test_failure_names_notebook_and_cell(tmp_path):
-    bad = tmp_path / "broken.yaml"
-    bad.write_text("tasks:\n  datasets: {no_such_dataset: 1}\n")
+    bad = tmp_path / "broken.yaml"  # valid values (checked before any work), impossible data: 12 classes of 10
+    bad.write_text("tasks:\n  datasets: {digits: 1}\n  min_classes: 12\n  max_classes: 12\n")
     r = run_pipeline(tmp_path / "runs", str(bad), check=False)
     assert r.returncode != 0
     assert "FAILED: notebook" in r.stderr and "00_zoo_and_tasks.ipynb" in r.stderr and "cell" in r.stderr
-    assert "no_such_dataset" in r.stderr
+    assert "dataset digits: a task needs 12 classes" in r.stderr
     assert not (tmp_path / "runs/broken/01_groundtruth/metrics.json").exists()  # stopped at the first failure
 
 

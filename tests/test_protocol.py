@@ -97,7 +97,7 @@ def test_no_heldout_id_reaches_anything_fitted(tmp_path):
     data, zoo, vectors, perf = tiny_world()
     scores = tiny_scores(data)
     data = attach_evidence(data, scores, ["logme", "nce"])
-    P = tiny_params(probe_ks=[2])
+    P = tiny_params(probe_ks=[2], inner_grid={})  # inner choice: test_inner_choice_sees_training_datasets_only
     with audit.recording() as records:
         ev = E.run_protocol(data, P, zoo, scores, perf, E.truth_predictions(data, perf, "linear_probe", 1),
                             {"autoencoder": data}, vectors, tmp_path)
