@@ -9,9 +9,14 @@ import sys
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from . import pipeline
+    from . import params as params_mod
+    from . import pipeline, report
+    from .paths import run_dir
 
-    return pipeline.run(args.params, force=args.force, start=args.start, only=args.only)
+    code = pipeline.run(args.params, force=args.force, start=args.start, only=args.only)
+    if code == 0:  # the stages are done and recorded: the reports follow (never fatal, see write_run_reports)
+        report.write_run_reports(run_dir(params_mod.load(args.params).name), pipeline.list_stages())
+    return code
 
 
 def _cmd_params(args: argparse.Namespace) -> int:

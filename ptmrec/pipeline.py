@@ -302,38 +302,7 @@ def run(params_file: str | Path, force: bool = False, start: str | None = None,
                   f"{e.ename}: {e.evalue}", file=sys.stderr, flush=True)
             return 1
         print(f"[ptmrec] {name}: done in {time.time() - t0:.1f} s", flush=True)
-    _write_report(P)
     return 0
-
-
-def _write_report(P: params_mod.Params) -> None:
-    """The run's HTML report, then its Quarto report (HTML; PDF where LaTeX is installed) when ``quarto`` is on
-    the PATH. A report that cannot be written or rendered is said plainly and never fails the run: the stages
-    are done and recorded, and ``ptmrec report --run <run> --render`` redoes the report alone in seconds."""
-    from . import report
-
-    run = run_dir(P.name)
-    try:
-        t0 = time.time()
-        index = report.write_html_report(run)
-        print(f"[ptmrec] report: {index} ({time.time() - t0:.1f} s)", flush=True)
-    except Exception as e:  # noqa: BLE001 -- the stages are done and recorded; a report failure must not undo that
-        print(f"[ptmrec] report NOT written: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
-        return
-    missing = [s for s in STAGES if not (run / "notebooks" / f"{s}.ipynb").exists()]
-    if missing:  # a partial run (--only, a SLURM stage job): the pages would embed notebooks it lacks
-        print(f"[ptmrec] Quarto report not rendered: the run has no executed notebook of {', '.join(missing)} "
-              f"yet (./run_all.sh params/{P.name}.yaml makes them)", flush=True)
-        return
-    try:
-        seconds = report.render_quarto(run, log=lambda m: print(f"[ptmrec] {m}", flush=True))
-        took = ", ".join(f"{k} {v:.1f} s" for k, v in seconds.items()) or "up to date"
-        print(f"[ptmrec] Quarto report: {run / 'report' / 'quarto' / '_output'}/index.html ({took})", flush=True)
-    except report.QuartoMissing as e:
-        print(f"[ptmrec] {e}", flush=True)
-    except Exception as e:  # noqa: BLE001 -- as above: said, not fatal
-        print(f"[ptmrec] Quarto report NOT rendered (the stages are done and recorded; fix this, then run "
-              f"`ptmrec report --run {run} --render`): {e}", file=sys.stderr, flush=True)
 
 
 def run_shard(params_file: str | Path, name: str, index: int, count: int) -> int:

@@ -726,3 +726,34 @@ def build_thesis(run: str | Path, thesis: str | Path = REPO / "thesis", latexmk:
         errors = [line for line in log.splitlines() if line.startswith(("!", "./")) or "Error" in line]
         raise ReportError(f"latexmk failed in {thesis} ({r.returncode}):\n" + "\n".join(errors[-15:] or log[-3000:].splitlines()))
     return thesis / "main.pdf"
+
+
+def write_run_reports(run: Path, stages: list[str]) -> None:
+    """What every successful ``./run_all.sh`` ends with: the run's HTML report, then its Quarto report (HTML; PDF where LaTeX is installed) when ``quarto`` is on
+    the PATH. A report that cannot be written or rendered is said plainly and never fails the run: the stages
+    are done and recorded, and ``ptmrec report --run <run> --render`` redoes the report alone in seconds."""
+    import sys
+    import time
+
+    run = Path(run)
+    try:
+        t0 = time.time()
+        index = write_html_report(run)
+        print(f"[ptmrec] report: {index} ({time.time() - t0:.1f} s)", flush=True)
+    except Exception as e:  # noqa: BLE001 -- the stages are done and recorded; a report failure must not undo that
+        print(f"[ptmrec] report NOT written: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+        return
+    missing = [s for s in stages if not (run / "notebooks" / f"{s}.ipynb").exists()]
+    if missing:  # a partial run (--only, a SLURM stage job): the pages would embed notebooks it lacks
+        print(f"[ptmrec] Quarto report not rendered: the run has no executed notebook of {', '.join(missing)} "
+              f"yet (./run_all.sh params/{run.name}.yaml makes them)", flush=True)
+        return
+    try:
+        seconds = render_quarto(run, log=lambda m: print(f"[ptmrec] {m}", flush=True))
+        took = ", ".join(f"{k} {v:.1f} s" for k, v in seconds.items()) or "up to date"
+        print(f"[ptmrec] Quarto report: {run / 'report' / 'quarto' / '_output'}/index.html ({took})", flush=True)
+    except QuartoMissing as e:
+        print(f"[ptmrec] {e}", flush=True)
+    except Exception as e:  # noqa: BLE001 -- as above: said, not fatal
+        print(f"[ptmrec] Quarto report NOT rendered (the stages are done and recorded; fix this, then run "
+              f"`ptmrec report --run {run} --render`): {e}", file=sys.stderr, flush=True)

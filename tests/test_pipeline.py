@@ -145,3 +145,32 @@ def test_editing_any_module_a_stage_uses_makes_it_stale(tmp_path):
                 if m not in pipeline.stage_modules(other, tmp_path):
                     assert pipeline.code_hash(other, tmp_path) == before[other], (m, other)
             f.write_text(original)
+
+
+def test_no_import_cycles_and_no_private_helpers_across_modules():
+    """Every ptmrec module's imports (top level or lazy, inside functions) form no cycle, and no module imports
+    another's private helper: a helper used by two modules is public in the one that owns it."""
+    import ast
+
+    from ptmrec import pipeline
+
+    mods = sorted(p.stem for p in (REPO / "ptmrec").glob("*.py") if p.stem != "__init__")
+    graph = {m: pipeline.ptmrec_imports((REPO / "ptmrec" / f"{m}.py").read_text()) - {m} for m in mods}
+    state: dict[str, int] = {}  # 1 = on the stack, 2 = done
+
+    def visit(m: str, path: list[str]) -> None:
+        state[m] = 1
+        for n in sorted(graph[m]):
+            assert state.get(n) != 1, f"import cycle: {' -> '.join(path + [n])}"
+            if n not in state:
+                visit(n, path + [n])
+        state[m] = 2
+
+    for m in mods:
+        if m not in state:
+            visit(m, [m])
+    for m in mods:
+        for node in ast.walk(ast.parse((REPO / "ptmrec" / f"{m}.py").read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                private = [a.name for a in node.names if a.name.startswith("_")]
+                assert not private, f"ptmrec/{m}.py imports private {private} from {node.module}"

@@ -174,14 +174,12 @@ def test_quarto_absent_is_one_plain_sentence(smoke_runs, monkeypatch, capsys):
     assert "\n" not in msg and msg.startswith("Quarto is not installed") and "quarto.org" in msg
     # the command: one line on stderr, no stack trace; the end of a pipeline run says it once and goes on
     from ptmrec import cli, pipeline
-    from ptmrec import params as params_mod
 
     monkeypatch.setattr(report, "find_quarto", lambda quarto="quarto": None)
     assert cli.main(["report", "--run", str(_run(smoke_runs)), "--render"]) == 2
     err = capsys.readouterr().err
     assert err.strip().count("\n") == 0 and "Quarto is not installed" in err and "Traceback" not in err
-    monkeypatch.setenv("PTMREC_RUNS", str(smoke_runs))
-    pipeline._write_report(params_mod.load(REPO / "params" / "smoke.yaml"))
+    report.write_run_reports(_run(smoke_runs), pipeline.list_stages())
     out = capsys.readouterr()
     assert out.out.count("Quarto is not installed") == 1 and "Traceback" not in out.out + out.err
     assert "report: " in out.out  # the HTML report is still written
