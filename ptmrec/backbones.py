@@ -100,32 +100,39 @@ def _kerasify(features: nn.Sequential) -> None:
                 child.eps = 1e-3
 
 
-class MobileNetV2Net(nn.Module):
-    """torchvision's MobileNetV2 (width 1.0) features + global mean pool [B, 1280] + our ``head``.
-
-    ``style="keras"`` is the same graph as Keras builds it (TF "same" padding, BN eps 1e-3, input in [-1, 1])."""
+class PooledFeaturesNet(nn.Module):
+    """A torchvision ``features`` body behind its input conversion, global mean pool [B, D], and our ``head``."""
 
     channels_last = True  # CPU convs run faster in NHWC (see zoo._fit)
 
-    def __init__(self, num_classes: int = 1000, style: str = "torchvision"):
+    def __init__(self, features: nn.Module, pixels: str, num_features: int, num_classes: int):
         super().__init__()
-        from torchvision.models import mobilenet_v2
+        self.features, self.pixels = features, Pixels(pixels)
+        self.num_features = num_features
+        self.head = nn.Linear(num_features, num_classes)
 
-        if style not in ("torchvision", "keras"):
-            raise ValueError(f"mobilenet_v2: unknown style '{style}'; valid: torchvision, keras")
-        self.style = style
-        self.features = mobilenet_v2(weights=None).features  # stem, 17 inverted residuals, 1x1 conv to 1280
-        if style == "keras":
-            _kerasify(self.features)
-        self.pixels = Pixels("keras" if style == "keras" else "imagenet")
-        self.num_features = 1280
-        self.head = nn.Linear(self.num_features, num_classes)
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:  # [B, 3, S, S] -> [B, 1280]
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:  # [B, 3, S, S] -> [B, D]
         return self.features(self.pixels(x)).mean((2, 3))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.forward_features(x))
+
+
+class MobileNetV2Net(PooledFeaturesNet):
+    """torchvision's MobileNetV2 (width 1.0) features + global mean pool [B, 1280] + our ``head``.
+
+    ``style="keras"`` is the same graph as Keras builds it (TF "same" padding, BN eps 1e-3, input in [-1, 1])."""
+
+    def __init__(self, num_classes: int = 1000, style: str = "torchvision"):
+        from torchvision.models import mobilenet_v2
+
+        if style not in ("torchvision", "keras"):
+            raise ValueError(f"mobilenet_v2: unknown style '{style}'; valid: torchvision, keras")
+        features = mobilenet_v2(weights=None).features  # stem, 17 inverted residuals, 1x1 conv to 1280
+        if style == "keras":
+            _kerasify(features)
+        super().__init__(features, "keras" if style == "keras" else "imagenet", 1280, num_classes)
+        self.style = style
 
     def frozen_modules(self) -> list[nn.Module]:
         """Stem and the 16/24/32/64-channel stages (features[:11], 11% of the body's weights) stay frozen."""
@@ -142,25 +149,13 @@ def mobilenet_v2(width: int = 16, num_classes: int = 1000, image_size: int = 96,
 # ------------------------------------------------------------------------------ EfficientNet-B0
 
 
-class EfficientNetB0Net(nn.Module):
+class EfficientNetB0Net(PooledFeaturesNet):
     """torchvision's EfficientNet-B0 features + global mean pool [B, 1280] + our ``head``; ImageNet input."""
 
-    channels_last = True
-
     def __init__(self, num_classes: int = 1):
-        super().__init__()
         from torchvision.models import efficientnet_b0
 
-        self.features = efficientnet_b0(weights=None).features  # stem, 7 MBConv stages, 1x1 conv to 1280
-        self.pixels = Pixels("imagenet")
-        self.num_features = 1280
-        self.head = nn.Linear(self.num_features, num_classes)
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:  # [B, 3, S, S] -> [B, 1280]
-        return self.features(self.pixels(x)).mean((2, 3))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.forward_features(x))
+        super().__init__(efficientnet_b0(weights=None).features, "imagenet", 1280, num_classes)  # 7 MBConv stages
 
     def frozen_modules(self) -> list[nn.Module]:
         """Stem and the first 5 of 7 stages (features[:6], 21% of the body's weights) stay frozen, as for Lite."""
