@@ -485,7 +485,7 @@ def model_inputs(batch: dict[str, Any], device: str | torch.device = "cpu") -> t
 
 def fit_ranker(data: RankingData, train_tasks: list[str], rp: RankerParams, tp: TrainParams,
                models: np.ndarray | None = None, seed: int = 0, out_dir: Path | None = None,
-               device: str = "cpu") -> tuple[nn.Module, RankerTrainer]:
+               device: str = "cpu", progress: bool = False) -> tuple[nn.Module, RankerTrainer]:
     """Train a ranker on ``train_tasks`` x ``models``; early stopping on held-out training datasets
     (``validation_split``)."""
     tr_tasks, va_tasks = validation_split(data, list(train_tasks), tp.val_fraction, seed)
@@ -494,7 +494,7 @@ def fit_ranker(data: RankingData, train_tasks: list[str], rp: RankerParams, tp: 
     torch.manual_seed(seed)
     model = build_ranker(cfg)
     trainer = RankerTrainer(model, RankingLoss(rp.loss), tp, out_dir, device=device, seed=seed,
-                            plots=out_dir is not None, progress=False)
+                            plots=out_dir is not None, progress=progress)
     trainer.info = {"train_tasks": tr_tasks, "val_tasks": va_tasks}
     kw = dict(models=models, batch_size=tp.batch_size, max_tokens=rp.max_dataset_tokens, seed=seed)
     train_loader = build_combined_similarity_loader(data, tr_tasks, split="train", shuffle=True, sample=True, **kw)
