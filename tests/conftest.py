@@ -16,6 +16,12 @@ def pytest_configure(config):
     The smoke runs of different tests (fixture, resume, nbval, SLURM) then decode the clip art
     and align the embedded encoder once, not once per runs folder; what they compute is the same.
     """
+    # One torch thread in the tests and the pipelines they start: their models are tiny (one thread is as fast),
+    # and on a busy 2-core machine two threads per process oversubscribe it (tests ran 5-15x slower so).
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    import torch
+
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
     if not os.environ.get("PTMREC_CACHE"):
         import tempfile
 
