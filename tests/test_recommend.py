@@ -130,6 +130,18 @@ def test_the_encoder_comes_from_the_cache_beside_the_run(run, images, monkeypatc
 HEAVY = ("open_clip", "transformers", "timm", "sklearn", "matplotlib", "seaborn", "scipy")
 
 
+def _ranker_config(**changes):
+    """An edit for ``_view``: the view's ranker config.json with ``changes`` (a new file, not the linked one)."""
+
+    def edit(view):
+        cfg = view / "06_ranker/ranker/config.json"
+        data = json.loads(cfg.read_text())
+        cfg.unlink()  # the view links the run's file: replace the link, never write through it
+        cfg.write_text(json.dumps({**data, **changes}))
+
+    return edit
+
+
 def _view(run, tmp_path, skip=(), edit=None):
     """A copy of ``run`` made of links to its files, except those under ``skip``; ``edit(view)`` may change it.
     Its runs folder links the run's cache, so the encoder built there is found (the open_clip fallback)."""
@@ -187,13 +199,7 @@ def test_six_classes_all_survive_the_token_cut(run, tmp_path, smoke_runs, monkey
         for k, i in enumerate(np.flatnonzero(pool.labels == c)[:8]):
             Image.fromarray(pool.images[i]).save(root / f"c{c}" / f"{k}.png")
 
-    def small(view):
-        cfg = view / "06_ranker/ranker/config.json"
-        data = json.loads(cfg.read_text())
-        cfg.unlink()
-        cfg.write_text(json.dumps({**data, "max_dataset_tokens": 12}))
-
-    view = _view(run, tmp_path, edit=small)
+    view = _view(run, tmp_path, edit=_ranker_config(max_dataset_tokens=12))
     rec = recommend(view, root)
     assert rec.info["n_tokens_embedded"] > 12 and rec.info["n_tokens"] == 12
     assert rec.info["tokens_per_class"] == {f"c{c}": 2 for c in range(6)}
@@ -262,13 +268,7 @@ def test_bad_run_folders_are_one_line_errors(run, images, tmp_path):
     png = next(images.rglob("*.png"))
     _one_line_error(_cli("--run", str(png), "--images", str(images)), str(png), "a file, not a run folder")
 
-    def old_format(view):
-        cfg = view / "06_ranker/ranker/config.json"
-        data = json.loads(cfg.read_text())
-        cfg.unlink()
-        cfg.write_text(json.dumps({**data, "format": 0}))
-
-    old = _view(run, tmp_path, edit=old_format)
+    old = _view(run, tmp_path, edit=_ranker_config(format=0))
     _one_line_error(_cli("--run", str(old), "--images", str(images)), str(old / "06_ranker/ranker/config.json"),
                     "another version of ptmrec", "re-run stage 06_ranker")
     r = _cli("--run", str(old), "--images", str(images), "--debug")  # the stack trace on demand
