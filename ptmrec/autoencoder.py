@@ -5,6 +5,7 @@
     >>> recon, code = ae(x)                         # [B, 8192], [B, 512]
     >>> total, parts = ae.loss(x)                   # scalar, {"recon": ..., "code_l1": ...}
     >>> ae.save(folder); ae2 = ModelAutoEncoder.load(folder)
+    >>> ae, summary = train_autoencoder(ids, vectors, P.autoencoder, P.train_autoencoder, out_dir)
 
 The encoder is Linear -> LayerNorm -> activation -> dropout per hidden layer, then a linear code
 layer; the decoder mirrors it. Inputs are standardised per dimension with statistics of the
@@ -17,17 +18,19 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .params import AutoEncoderParams
+from .params import AutoEncoderParams, TrainParams
+from .registry import Registry
+from .train import Trainer, register_trainer, split_ids
 
-ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU, "leaky_relu": nn.LeakyReLU}
-LOSSES = {"mse": F.mse_loss, "smooth_l1": F.smooth_l1_loss}
+ACTIVATIONS = Registry.of("activation", {"gelu": nn.GELU, "relu": nn.ReLU, "leaky_relu": nn.LeakyReLU})
+LOSSES = Registry.of("reconstruction loss", {"mse": F.mse_loss, "smooth_l1": F.smooth_l1_loss})
 WEIGHTS, CONFIG = "model.safetensors", "config.json"
 
 
@@ -141,3 +144,71 @@ def read_config(path: str | Path) -> AutoEncoderParams:
         raise FileNotFoundError(f"{path}: missing autoencoder config")
     raw: Any = json.loads(path.read_text())
     return from_dict({"autoencoder": raw}, origin=str(path)).autoencoder
+
+
+# ------------------------------------------------------------------------------ training
+
+@register_trainer
+class ModelAutoEncoderTrainer(Trainer):
+    """Trains ModelAutoEncoder to reconstruct model parameter vectors (stage 03)."""
+
+    name = "autoencoder"
+
+    def compute_loss(self, batch: Any) -> torch.Tensor:
+        x = batch["vectors"] if isinstance(batch, dict) else batch[0] if isinstance(batch, (list, tuple)) else batch
+        total, parts = self.model.loss(x)  # x: [B, input_dim]
+        self._last_batch_metrics.update(parts)
+        return total
+
+    @classmethod
+    def from_run(cls, run: str | Path, P: Any, out_dir: str | Path, device: str = "cpu",
+                 progress: bool = True) -> dict[str, Any]:
+        """Train on the stage-02 vectors of run folder ``run`` with the parameters ``P``; see ``train_autoencoder``."""
+        from .extract import load_vectors
+
+        ids, vectors = load_vectors(Path(run) / "02_model_vectors")
+        _, summary = train_autoencoder(ids, vectors, P.autoencoder, P.train_autoencoder, out_dir, seed=P.run.seed,
+                                       device=device, progress=progress)
+        return summary
+
+
+
+def train_autoencoder(ids: Iterable[str], vectors: np.ndarray, cfg: AutoEncoderParams, params: TrainParams,
+                      out_dir: str | Path, seed: int = 0, device: str = "cpu",
+                      progress: bool = True) -> tuple[nn.Module, dict[str, Any]]:
+    """Fit a ModelAutoEncoder on ``vectors`` [N, input_dim] (seeded train / val split by model).
+
+    The standardiser uses the training models only. Writes into ``out_dir``: ``history.json`` (with the
+    split), ``figures/autoencoder_loss.*``, ``autoencoder/`` (``ModelAutoEncoder.save``) and a named
+    checkpoint. Returns (model in eval mode, summary dict).
+    """
+    from torch.utils.data import DataLoader, TensorDataset
+
+    ids, vectors = [str(i) for i in ids], np.asarray(vectors, dtype=np.float32)
+    if vectors.ndim != 2 or vectors.shape[1] != cfg.input_dim:
+        raise ValueError(f"vectors have shape {vectors.shape} but autoencoder.input_dim is {cfg.input_dim} "
+                         "(set it to extract.length)")
+    from . import audit
+
+    tr, va = split_ids(len(ids), params.val_fraction, seed)
+    if len(tr) == 0:
+        raise ValueError("no model vectors to train the autoencoder on")
+    audit.seen("standardiser", models=[ids[i] for i in tr])
+    audit.seen("autoencoder", models=ids)  # trained on tr, early-stopped on va: every id given here reaches it
+    torch.manual_seed(seed)
+    model = ModelAutoEncoder(cfg)
+    model.set_standardizer(vectors[tr])
+    X = torch.from_numpy(vectors)
+    g = torch.Generator().manual_seed(seed)
+    train_loader = DataLoader(TensorDataset(X[tr]), batch_size=params.batch_size, shuffle=True, generator=g)
+    val_loader = DataLoader(TensorDataset(X[va]), batch_size=params.batch_size) if len(va) else None
+    trainer = ModelAutoEncoderTrainer(model, params, out_dir=out_dir, device=device, seed=seed, progress=progress)
+    trainer.info = {"train_ids": [ids[i] for i in tr], "val_ids": [ids[i] for i in va]}
+    trainer.fit(train_loader, val_loader)
+    out_dir = Path(out_dir)
+    model.eval().save(out_dir / "autoencoder")
+    ckpt = trainer.save_checkpoint(out_dir)
+    summary = {k: v for k, v in trainer.summary().items() if k != "epochs"}
+    summary.update(epochs_run=len(trainer.history), checkpoint=ckpt.name, model_dir=str(out_dir / "autoencoder"),
+                   final=trainer.history[-1] if trainer.history else None)
+    return model, summary

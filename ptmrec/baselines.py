@@ -28,7 +28,7 @@ import pandas as pd
 import torch
 
 from . import transferability as T
-from .paths import write_csv
+from .paths import resume, write_csv
 
 COLUMNS = ["model_id", "task_id", "scorer", "score", "seconds", "forward_seconds", "n", "dim", "classes", "error"]
 
@@ -99,15 +99,10 @@ def run_baselines(zoo_index: pd.DataFrame, zoo_dir: Path, pools: dict, tasks: li
     unknown = [s for s in scorers if s not in T.SCORERS]
     if unknown:
         raise ValueError(f"baselines.scorers has unknown {unknown}; registered: {', '.join(T.list_scorers())}")
-    frames = []
-    for row in progress(list(zoo_index.itertuples())):
-        part = parts / f"{row.model_id}.csv"
-        if part.exists():
-            frames.append(pd.read_csv(part, dtype={"error": str}).fillna({"error": ""}))
-            continue
-        df = score_model(Path(zoo_dir) / row.path, pools, tasks, scorers, batch_size, device)
-        write_csv(part, df)
-        frames.append(df)
+    frames = [resume(parts / f"{row.model_id}.csv",
+                     lambda: score_model(Path(zoo_dir) / row.path, pools, tasks, scorers, batch_size, device),
+                     lambda p: pd.read_csv(p, dtype={"error": str}).fillna({"error": ""}), write_csv)
+              for row in progress(list(zoo_index.itertuples()))]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=COLUMNS)
 
 

@@ -41,7 +41,7 @@ def _cmd_stages(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from . import train
+    from . import autoencoder, ranker, train  # noqa: F401 -- importing a model's module registers its trainer
 
     if args.list or not args.name:
         for name in train.list_trainers():

@@ -24,12 +24,13 @@ from .params import Params, RankerParams
 from .protocol import (Fold, dataset_folds, make_folds, ranker_predictions, refit_tokens, restrict,
                        stacking_predictions, static_priors)
 from .ranker import RankingData
+from .registry import Registry
 
-ABLATIONS = {  # name -> RankerParams overrides
+ABLATIONS = Registry.of("ablation", {  # name -> RankerParams overrides
     "no_model_tokens": dict(model_tokens="ids"),
     "no_dataset_tokens": dict(dataset_tokens=False),
     "raw_vectors": dict(model_tokens="vectors"),
-}
+})
 PRIORS = ("popularity", "popularity_z", "most_params", "imagenet_first")  # static priors of ptmrec.protocol
 REFERENCES = ("oracle", "noise_ceiling", "noise_ceiling_fresh")  # what the truth allows, not methods
 
@@ -227,14 +228,14 @@ def learned_predictions(data: RankingData, P: Params, variants: dict[str, Rankin
     leave-datasets-out folds, and the ranker on the leave-models-out folds with refitted tokens."""
     E, seeds = P.evaluate, [P.run.seed + i for i in range(P.evaluate.seeds)]
     ldo = make_folds(data)
-    preds, log = ranker_predictions(data, ldo, P.ranker, P.train, seeds, grid=E.inner_grid, inner_k=E.inner_folds,
+    preds, log = ranker_predictions(data, ldo, P.ranker, P.train_ranker, seeds, grid=E.inner_grid, inner_k=E.inner_folds,
                                     ks=E.probe_ks, progress=progress)
     parts, logs = [preds], [log]
     if data.evidence is not None:
         parts.append(stacking_predictions(data, ldo))
     for ab in E.ablations:
         rp = ranker_params(P.ranker, ab)
-        pred, lg = ranker_predictions(variants[rp.model_tokens], ldo, rp, P.train, seeds[:1], method=f"ranker:{ab}",
+        pred, lg = ranker_predictions(variants[rp.model_tokens], ldo, rp, P.train_ranker, seeds[:1], method=f"ranker:{ab}",
                                       progress=progress)
         parts.append(pred)
         logs.append(lg)
@@ -246,11 +247,11 @@ def learned_predictions(data: RankingData, P: Params, variants: dict[str, Rankin
         def tokens_of(fold: Fold) -> np.ndarray:  # one autoencoder per model fold, shared by its dataset folds
             key = fold.name.split("/")[-1]
             if key not in cache:
-                cache[key] = refit_tokens(vectors, data, fold.train_models, P.autoencoder, P.train, P.run.seed,
+                cache[key] = refit_tokens(vectors, data, fold.train_models, P.autoencoder, P.train_autoencoder, P.run.seed,
                                           out_dir / "autoencoders" / key)
             return cache[key]
 
-        pred, lg = ranker_predictions(data, lmo, P.ranker, P.train, seeds, tokens_of=tokens_of, ks=E.probe_ks,
+        pred, lg = ranker_predictions(data, lmo, P.ranker, P.train_ranker, seeds, tokens_of=tokens_of, ks=E.probe_ks,
                                       progress=progress)
         parts.append(pred)
         logs.append(lg.assign(kind="leave_models_out"))

@@ -415,49 +415,46 @@ def _model_weights(row: Mapping, zoo_dir: Path) -> Weights:
     return read_weights(folder / WEIGHTS)
 
 
-def _model_vector(row: Mapping, zoo_dir: Path, extractor: str, length: int) -> np.ndarray:
-    return extract(_model_weights(row, zoo_dir), extractor, length)
-
-
 def _reason(e: Exception) -> str:
     return f"{type(e).__name__}: {e}"
 
 
-def _part_paths(parts: Path, row: Mapping) -> tuple[Path, Path]:
-    """Where one model's vector (.npy) or skip reason (.skip) is kept in a parts folder (named by zoo folder)."""
+def _vector_or_reason(row: Mapping, zoo_dir: Path, extractor: str, length: int,
+                      weights: Any = None) -> tuple[np.ndarray | None, str]:
+    """(vector [length], "") of one model, or (None, why it was skipped): one bad model never stops a zoo."""
+    try:
+        return extract(_model_weights(row, zoo_dir) if weights is None else weights, extractor, length), ""
+    except Exception as e:  # noqa: BLE001 -- recorded as the model's skip reason
+        return None, _reason(e)
+
+
+def _part_path(parts: Path, row: Mapping) -> Path:
+    """Where one model's vector or skip reason is kept in a parts folder (named by its zoo folder)."""
     stem = parts / str(row["path"])
-    return stem.with_name(stem.name + ".npy"), stem.with_name(stem.name + ".skip")
+    return stem.with_name(stem.name + ".npz")
 
 
-def _save_part(parts: Path, row: Mapping, vector: np.ndarray | None, reason: str = "") -> None:
-    from .paths import atomic_path, write_text
+def _write_part(path: Path, result: tuple[np.ndarray | None, str]) -> None:
+    from .paths import write_npz
 
-    npy, skip = _part_paths(parts, row)
-    if vector is None:
-        write_text(skip, reason)
-        return
-    with atomic_path(npy) as tmp, open(tmp, "wb") as f:
-        np.save(f, vector)
+    vector, reason = result
+    write_npz(path, vector=np.zeros(0, np.float32) if vector is None else vector, reason=np.array(reason))
 
 
-def _load_part(parts: Path, row: Mapping) -> tuple[bool, np.ndarray | None, str]:
-    """(found, vector or None, skip reason) of a model in a parts folder."""
-    npy, skip = _part_paths(parts, row)
-    if npy.exists():
-        return True, np.load(npy), ""
-    if skip.exists():
-        return True, None, skip.read_text()
-    return False, None, ""
+def _read_part(path: Path) -> tuple[np.ndarray | None, str]:
+    with np.load(path) as z:
+        reason = str(z["reason"])
+        return (None if reason else z["vector"]), reason
 
 
 def extract_parts(index, zoo_dir: str | Path, length: int, parts: str | Path,
                   extractors: Iterable[str] | None = None) -> int:
     """Vectors of the models in ``index`` by every extractor design (default: all registered), one file each.
 
-    Writes ``parts/<design>/<zoo folder>.npy`` (float32 [length]) or ``.skip`` (the reason), atomically; a
-    model whose files are all there is not read again. Each model's weights are read once for every design.
-    This is how a cluster shards stage 02 (``ptmrec shard``); ``extract_zoo(..., parts=parts / design)``
-    then only gathers. Returns the number of models read.
+    Writes ``parts/<design>/<zoo folder>.npz`` (``vector`` float32 [length], or ``reason`` why it was
+    skipped), atomically; a model whose files are all there is not read again. Each model's weights are
+    read once for every design. This is how a cluster shards stage 02 (``ptmrec shard``);
+    ``extract_zoo(..., parts=parts / design)`` then only gathers. Returns the number of models read.
     """
     zoo_dir, parts = Path(zoo_dir), Path(parts)
     names = list(extractors or list_extractors())
@@ -465,7 +462,7 @@ def extract_parts(index, zoo_dir: str | Path, length: int, parts: str | Path,
         get_extractor(n)
     read = 0
     for row in (index.to_dict("records") if hasattr(index, "to_dict") else list(index)):
-        todo = [n for n in names if not _load_part(parts / n, row)[0]]
+        todo = [n for n in names if not _part_path(parts / n, row).exists()]
         if not todo:
             continue
         read += 1
@@ -473,13 +470,10 @@ def extract_parts(index, zoo_dir: str | Path, length: int, parts: str | Path,
             w = _model_weights(row, zoo_dir)
         except Exception as e:  # noqa: BLE001 -- recorded as the model's skip reason, as extract_zoo does
             for n in todo:
-                _save_part(parts / n, row, None, _reason(e))
+                _write_part(_part_path(parts / n, row), (None, _reason(e)))
             continue
         for n in todo:
-            try:
-                _save_part(parts / n, row, extract(w, n, length))
-            except Exception as e:  # noqa: BLE001
-                _save_part(parts / n, row, None, _reason(e))
+            _write_part(_part_path(parts / n, row), _vector_or_reason(row, zoo_dir, n, length, weights=w))
     return read
 
 
@@ -496,7 +490,7 @@ def extract_zoo(index, zoo_dir: str | Path, params: Any, out_dir: str | Path,
     """
     import pandas as pd
 
-    from .paths import write_csv, write_json, write_npz
+    from .paths import resume, write_csv, write_json, write_npz
     from .progress import progress as bar
 
     zoo_dir, out_dir = Path(zoo_dir), Path(out_dir)
@@ -509,24 +503,12 @@ def extract_zoo(index, zoo_dir: str | Path, params: Any, out_dir: str | Path,
     import torch  # noqa: F401 -- the spectra use it: imported before the clock starts
     t0 = time.perf_counter()
     for row in (bar(rows, desc=f"extract {params.extractor}") if progress else rows):
-        if parts is not None:
-            found, v, reason = _load_part(Path(parts), row)
-            if found:
-                if v is None:
-                    skipped.append((str(row["model_id"]), reason))
-                else:
-                    vecs.append(v), ids.append(str(row["model_id"]))
-                continue
-        try:
-            v = _model_vector(row, zoo_dir, params.extractor, params.length)
-        except Exception as e:  # noqa: BLE001 -- one bad model must not stop a zoo of hundreds
-            skipped.append((str(row["model_id"]), _reason(e)))
-            if parts is not None:
-                _save_part(Path(parts), row, None, _reason(e))
-            continue
-        vecs.append(v), ids.append(str(row["model_id"]))
-        if parts is not None:
-            _save_part(Path(parts), row, v)
+        compute = lambda: _vector_or_reason(row, zoo_dir, params.extractor, params.length)  # noqa: E731
+        v, reason = compute() if parts is None else resume(_part_path(Path(parts), row), compute, _read_part, _write_part)
+        if v is None:
+            skipped.append((str(row["model_id"]), reason))
+        else:
+            vecs.append(v), ids.append(str(row["model_id"]))
     seconds = time.perf_counter() - t0
     V = np.stack(vecs) if vecs else np.zeros((0, params.length), np.float32)
     step = max(1, params.shard_size)

@@ -30,31 +30,10 @@ from typing import Callable, Iterable
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 
-from .params import GroundTruthParams
-from .paths import write_csv
-
-
-def linear_probe(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray,
-                 l2: float = 1e-3, steps: int = 100) -> float:
-    """Test accuracy of L2-regularised softmax regression on frozen features.
-
-    x_train [n, D], y_train [n] in 0..k-1, x_test [m, D], y_test [m] -> accuracy in [0, 1].
-    Minimises mean cross-entropy + l2 * ||W||^2 (scikit-learn's C = 1 / (2 n l2)) with L-BFGS
-    for at most ``steps`` iterations from zero weights: deterministic.
-    """
-    import warnings
-
-    from sklearn.exceptions import ConvergenceWarning
-    from sklearn.linear_model import LogisticRegression
-
-    mu, sd = x_train.mean(0), x_train.std(0) + 1e-6  # [D]
-    clf = LogisticRegression(C=1.0 / (2 * len(y_train) * l2), max_iter=steps)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)  # a fixed budget is part of the schedule
-        clf.fit((x_train - mu) / sd, y_train)
-    return float((clf.predict((x_test - mu) / sd) == y_test).mean())
+from .params import GroundTruthParams, TrainParams
+from .paths import resume, write_csv
+from .transferability import linear_probe
 
 
 def finetune(model: torch.nn.Module, x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray,
@@ -63,27 +42,18 @@ def finetune(model: torch.nn.Module, x_train: np.ndarray, y_train: np.ndarray, x
 
     x_* are uint8 images [n, S, S, 3]; the model's own ``head`` is replaced by a k-way one.
     """
+    from .train import ClassifierTrainer
     from .zoo import batch_indices, to_input
 
     torch.manual_seed(seed)
     k = int(max(y_train.max(), y_test.max())) + 1
     net = copy.deepcopy(model)
     net.head = torch.nn.Linear(net.num_features, k)
-    body = [p for n, p in net.named_parameters() if not n.startswith("head.")]
-    opt = torch.optim.AdamW([{"params": body, "lr": gp.finetune_lr},
-                             {"params": net.head.parameters(), "lr": 10 * gp.finetune_lr}], weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, gp.finetune_steps)
+    schedule = TrainParams(epochs=gp.finetune_steps, lr=gp.finetune_lr, weight_decay=1e-4, scheduler="cosine",
+                           grad_clip=0.0, early_stopping_patience=0)
     xtr, ytr = to_input(x_train, image_size), torch.as_tensor(y_train, dtype=torch.long)  # [n, 3, S, S], [n]
-    batches = batch_indices(len(ytr), min(gp.finetune_batch_size, len(ytr)), np.random.default_rng(seed))
-    net.train()
-    for _ in range(gp.finetune_steps):
-        idx = torch.as_tensor(next(batches))
-        loss = F.cross_entropy(net(xtr[idx]), ytr[idx])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-    net.eval()
+    order = batch_indices(len(ytr), min(gp.finetune_batch_size, len(ytr)), np.random.default_rng(seed))
+    ClassifierTrainer(net, schedule, head_lr_scale=10.0).fit_steps((xtr[i], ytr[i]) for i in map(torch.as_tensor, order))
     with torch.inference_mode():
         xte = to_input(x_test, image_size)
         pred = torch.cat([net(xte[i:i + 256]).argmax(1) for i in range(0, len(xte), 256)]).numpy()
@@ -170,15 +140,9 @@ def run_groundtruth(zoo_index: pd.DataFrame, zoo_dir: Path, pools: dict, tasks: 
     Each model's rows are written atomically to parts/<model_id>.csv as soon as they are
     measured, so a killed run redoes at most the model it was on.
     """
-    frames = []
-    for row in progress(list(zoo_index.itertuples())):
-        part = parts / f"{row.model_id}.csv"
-        if part.exists():
-            frames.append(pd.read_csv(part))
-            continue
-        df = evaluate_model(Path(zoo_dir) / row.path, pools, tasks, gp, seed)
-        write_csv(part, df)
-        frames.append(df)
+    frames = [resume(parts / f"{row.model_id}.csv", lambda: evaluate_model(Path(zoo_dir) / row.path, pools, tasks, gp, seed),
+                     pd.read_csv, write_csv)
+              for row in progress(list(zoo_index.itertuples()))]
     return pd.concat(frames, ignore_index=True)
 
 

@@ -136,7 +136,7 @@ class AutoEncoderParams:
 
 @dataclass
 class TrainParams:
-    """The Trainer's schedule (shared by every trainer unless a stage overrides it)."""
+    """A Trainer's schedule: one section per trainer (``train_autoencoder``, ``train_ranker``)."""
 
     epochs: int = 200
     batch_size: int = 16
@@ -257,7 +257,8 @@ class Params:
     groundtruth: GroundTruthParams = field(default_factory=GroundTruthParams)
     extract: ExtractParams = field(default_factory=ExtractParams)
     autoencoder: AutoEncoderParams = field(default_factory=AutoEncoderParams)
-    train: TrainParams = field(default_factory=TrainParams)
+    train_autoencoder: TrainParams = field(default_factory=TrainParams)  # stage 03 (and stage 07's refits)
+    train_ranker: TrainParams = field(default_factory=TrainParams)  # stages 06 and 07
     encoder: EncoderParams = field(default_factory=EncoderParams)
     tokens: TokensParams = field(default_factory=TokensParams)
     baselines: BaselinesParams = field(default_factory=BaselinesParams)

@@ -15,7 +15,9 @@ import os
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, TypeVar
+
+T = TypeVar("T")
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -88,3 +90,18 @@ def write_npz(path: str | Path, **arrays) -> None:
             import numpy as np
 
             np.savez(f, **arrays)
+
+
+def resume(part: str | Path, compute: Callable[[], T], read: Callable[[Path], T],
+           write: Callable[[Path, T], None]) -> T:
+    """The result kept in ``part`` by an earlier (killed or sharded) run, else ``compute()``, written there first.
+
+    ``write`` must be atomic (``atomic_path``), so a part that exists is whole: ground truth, baselines and
+    extraction keep one part per model this way, which is how a killed run resumes and SLURM shards gather.
+    """
+    part = Path(part)
+    if part.exists():
+        return read(part)
+    value = compute()
+    write(part, value)
+    return value

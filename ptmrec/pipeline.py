@@ -46,12 +46,12 @@ def register_stage(stage: Stage) -> Stage:
 register_stage(Stage("00_zoo_and_tasks", ("run", "data", "tasks", "zoo")))
 register_stage(Stage("01_groundtruth", ("run", "groundtruth"), ("00_zoo_and_tasks",)))
 register_stage(Stage("02_model_vectors", ("run", "extract"), ("00_zoo_and_tasks", "01_groundtruth")))
-register_stage(Stage("03_autoencoder", ("run", "autoencoder", "train"), ("02_model_vectors",)))
+register_stage(Stage("03_autoencoder", ("run", "autoencoder", "train_autoencoder"), ("02_model_vectors",)))
 register_stage(Stage("04_dataset_tokens", ("run", "encoder", "tokens"), ("00_zoo_and_tasks",)))
 register_stage(Stage("05_baselines", ("run", "baselines"), ("00_zoo_and_tasks",)))
-register_stage(Stage("06_ranker", ("run", "groundtruth", "ranker", "train", "evaluate"),
+register_stage(Stage("06_ranker", ("run", "groundtruth", "ranker", "train_ranker", "evaluate"),
                      ("01_groundtruth", "03_autoencoder", "04_dataset_tokens", "05_baselines")))
-register_stage(Stage("07_evaluate", ("run", "groundtruth", "autoencoder", "ranker", "train", "evaluate"),
+register_stage(Stage("07_evaluate", ("run", "groundtruth", "autoencoder", "ranker", "train_autoencoder", "train_ranker", "evaluate"),
                      ("02_model_vectors", "05_baselines", "06_ranker")))
 register_stage(Stage("08_hardware", ("run", "groundtruth", "hardware"), ("00_zoo_and_tasks", "01_groundtruth", "07_evaluate")))
 

@@ -131,7 +131,7 @@ def refit_tokens(vectors: np.ndarray, data: RankingData, train_models: np.ndarra
                  tp: TrainParams, seed: int, out_dir: Path) -> np.ndarray:
     """Model tokens [N, code_dim] of every model of ``data`` from an autoencoder (and standardiser) fitted
     on ``train_models`` only; ``vectors`` [N, input_dim] follow ``data.model_ids``."""
-    from .train import train_autoencoder
+    from .autoencoder import train_autoencoder
 
     ids = [data.model_ids[i] for i in train_models]
     ae, _ = train_autoencoder(ids, vectors[train_models], ap, tp, out_dir, seed=seed, progress=False)

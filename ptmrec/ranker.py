@@ -36,6 +36,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from .params import RankerParams, TrainParams
+from .registry import Registry
 from .train import Trainer, register_trainer, split_ids
 
 FORMAT = 1  # version of the saved ranker folder; ``ptmrec recommend`` refuses others
@@ -237,29 +238,21 @@ def build_combined_similarity_loader(data: RankingData, task_ids: list[str], mod
 
 
 @dataclass
-class RankerConfig:
-    """Everything needed to rebuild a ranker; saved as config.json beside its weights."""
+class RankerConfig(RankerParams):
+    """RankerParams plus the sizes the data fixes: everything needed to rebuild a ranker, saved as config.json
+    beside its weights (training-only settings such as ``loss`` travel along, so a saved ranker says how it was
+    trained)."""
 
-    architecture: str  # cross_attention | similarity
-    model_dim: int  # D_m of the model tokens (ignored for model_tokens="ids")
-    dataset_dim: int  # D_d of the dataset tokens
-    n_models: int  # size of the learned id table (model_tokens="ids")
-    d_model: int = 128
-    heads: int = 4
-    layers: int = 2
-    dropout: float = 0.1
-    model_tokens: str = "autoencoder"  # autoencoder | vectors | ids
-    dataset_tokens: bool = True
+    model_dim: int = 0  # D_m of the model tokens (ignored for model_tokens="ids")
+    dataset_dim: int = 0  # D_d of the dataset tokens
+    n_models: int = 0  # size of the learned id table (model_tokens="ids")
     evidence_dim: int = 0  # F: estimator features of probed models (0 = none)
-    candidate_attention: str = "full"  # full | induced
-    inducing: int = 16  # inducing points of candidate_attention "induced"
 
     @classmethod
     def from_params(cls, rp: RankerParams, model_dim: int, dataset_dim: int, n_models: int,
                     evidence_dim: int = 0) -> "RankerConfig":
-        keys = {f.name for f in dataclasses.fields(cls)}
-        return cls(model_dim=model_dim, dataset_dim=dataset_dim, n_models=n_models, evidence_dim=evidence_dim,
-                   **{k: v for k, v in dataclasses.asdict(rp).items() if k in keys})
+        return cls(**dataclasses.asdict(rp), model_dim=model_dim, dataset_dim=dataset_dim, n_models=n_models,
+                   evidence_dim=evidence_dim)
 
 
 class _Inputs(nn.Module):
@@ -381,7 +374,8 @@ class CustomSimilarityTransformer(nn.Module):
         return torch.log(weights.squeeze(1).clamp(min=1e-12))
 
 
-ARCHITECTURES = {"cross_attention": RankingCrossAttentionTransformer, "similarity": CustomSimilarityTransformer}
+ARCHITECTURES = Registry.of("ranker architecture", {"cross_attention": RankingCrossAttentionTransformer,
+                                                     "similarity": CustomSimilarityTransformer})
 MODEL_TOKENS = ("autoencoder", "vectors", "ids")
 CANDIDATE_ATTENTION = ("full", "induced")
 LOSSES = ("listnet", "listmle", "pairwise")

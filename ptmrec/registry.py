@@ -34,6 +34,14 @@ class Registry:
         self._names: dict[str, str] = {}  # normalised -> registered name
         self.info: dict[str, dict[str, Any]] = {}
 
+    @classmethod
+    def of(cls, kind: str, entries: dict[str, Any]) -> "Registry":
+        """A registry filled from a literal dict: the fixed choices (losses, activations, architectures, ...)."""
+        reg = cls(kind)
+        for name, obj in entries.items():
+            reg.add(name, obj)
+        return reg
+
     def add(self, name: str, obj: Any, **info: Any) -> Any:
         """Register ``obj`` under ``name`` (the duplicate policy of the module docstring); returns ``obj``."""
         key = self._normalize(name)

@@ -1,18 +1,20 @@
 """The Trainer: one training loop for every model of the project, and a registry of trainers.
 
-    >>> trainer = get_trainer("modelautoencoder")(model, P.train, out_dir=stage_dir)
+    >>> trainer = get_trainer("modelautoencoder")(model, P.train_autoencoder, out_dir=stage_dir)
     >>> history = trainer.fit(train_loader, val_loader)     # list of per-epoch dicts
     >>> trainer.save_checkpoint(stage_dir)                    # autoencoder_weights.loss_0.008648.20251103_085137.safetensors
 
 A trainer implements ``compute_loss(batch) -> scalar`` (tensor, dict or dataclass batches), or
 overrides ``_forward_batch(batch)`` for full control; both the training and the evaluation step
-call ``_forward_batch``, so there is one loop. Auxiliary numbers go into
+call ``_forward_batch``, so there is one loop: ``fit`` runs it by epochs with validation,
+``fit_steps`` by a fixed number of steps (``ClassifierTrainer``: the zoo's training and the ground
+truth's fine-tuning). Each model's trainer lives beside the model (``autoencoder``, ``ranker``). Auxiliary numbers go into
 ``self._last_batch_metrics``; ``_collect_batch_metrics()`` hands them to the loop, which averages
 them over the epoch into the history (``train_<name>``, ``val_<name>``).
 
 Each epoch appends to ``history`` and rewrites ``<out_dir>/history.json`` atomically; early
 stopping watches the validation loss (``TrainParams.early_stopping_patience`` epochs without a new
-best), the learning rate follows ``TrainParams.scheduler`` (cosine | plateau | none), gradients are
+best), the learning rate follows ``TrainParams.scheduler`` (cosine | warmup_cosine | plateau | none), gradients are
 clipped to ``grad_clip``, and the best weights are restored at the end. Loss curves (linear, log,
 rolling mean) go to ``<out_dir>/figures/<name>_loss.{pdf,png}``.
 
@@ -27,20 +29,20 @@ import logging
 import math
 import time
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
-from .params import AutoEncoderParams, TrainParams
+from .params import TrainParams
 from .registry import Registry
 
 log = logging.getLogger(__name__)
 
 TRAINERS = Registry("trainer", normalize=lambda n: _norm(n))  # class name -> Trainer subclass; any case
-SCHEDULERS = ("cosine", "plateau", "none")  # TrainParams.scheduler
-VECTORS_STAGE = "02_model_vectors"  # the stage folder holding vectors-*.npz (``ptmrec train --run``)
+SCHEDULERS = ("cosine", "warmup_cosine", "plateau", "none")  # TrainParams.scheduler
 
 
 def _norm(name: str) -> str:
@@ -120,15 +122,24 @@ class Trainer:
         return torch.optim.AdamW(params, lr=self.params.lr, weight_decay=self.params.weight_decay)
 
     def configure_scheduler(self) -> Any:
+        """Stepped once per epoch by ``fit``, once per step by ``fit_steps``; ``params.epochs`` is its horizon."""
         kind, p = self.params.scheduler, self.params
         if kind == "cosine":
             return torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=max(1, p.epochs))
+        if kind == "warmup_cosine":  # linear warm-up over the first 10%, then cosine to zero
+            T, warm = p.epochs, max(1, p.epochs // 10)
+            return torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: (s + 1) / warm if s < warm else
+                                                     0.5 * (1 + math.cos(math.pi * (s - warm) / max(1, T - warm))))
         if kind == "plateau":
             return torch.optim.lr_scheduler.ReduceLROnPlateau(
                 self.optimizer, factor=0.5, patience=max(1, p.early_stopping_patience // 4))
         if kind == "none":
             return None
-        raise ValueError(f"train.scheduler '{kind}'; valid: cosine, plateau, none")
+        raise ValueError(f"train.scheduler '{kind}'; valid: {', '.join(SCHEDULERS)}")
+
+    def train_mode(self) -> None:
+        """Put the model in training mode (a trainer with frozen modules keeps those in eval mode)."""
+        self.model.train()
 
     def compute_loss(self, batch: Any) -> torch.Tensor:
         """Scalar loss of a batch already on ``self.device``; store extra numbers in ``self._last_batch_metrics``."""
@@ -161,7 +172,7 @@ class Trainer:
 
     def run_epoch(self, loader: Iterable, train: bool) -> dict[str, float]:
         """One pass over ``loader``: example-weighted mean loss and metrics."""
-        self.model.train(train)
+        self.train_mode() if train else self.model.eval()
         step = self._train_batch if train else self._evaluate_batch
         total, n, sums = 0.0, 0, {}
         for batch in loader:
@@ -220,6 +231,20 @@ class Trainer:
         self.save_history()
         if self.plots and self.out_dir is not None and self.history:
             self.plot_history()
+        return self.history
+
+    def fit_steps(self, batches: Iterator[Any]) -> list[dict[str, Any]]:
+        """``params.epochs`` optimizer steps, one batch of ``batches`` each, the scheduler stepped after every
+        step (the step-based schedules: no validation, no early stopping). Returns one record per step."""
+        if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            raise ValueError(f"{type(self).__name__}.fit_steps: the plateau scheduler needs fit() and a validation set")
+        self.train_mode()
+        for self.epoch in range(1, self.params.epochs + 1):
+            loss = self._train_batch(next(batches))
+            if self.scheduler is not None:
+                self.scheduler.step()
+            self.history.append({"step": self.epoch, "train_loss": loss, **self._collect_batch_metrics()})
+        self.model.eval()
         return self.history
 
     # -- files ----------------------------------------------------------------------------
@@ -306,79 +331,51 @@ def load_checkpoint(model: nn.Module, path: str | Path) -> nn.Module:
 # ---------------------------------------------------------------------------- the trainers
 
 
+class ClassifierTrainer(Trainer):
+    """Cross-entropy on (inputs [B, 3, S, S], labels [B]) batches, trained by ``fit_steps``: the zoo's source
+    training and fine-tunes, and the ground truth's fine-tuning. ``frozen`` modules keep their weights and
+    BatchNorm statistics (until ``release``); ``model.head`` may learn ``head_lr_scale`` times faster."""
+
+    name = "classifier"
+
+    def __init__(self, model: nn.Module, params: TrainParams, frozen: Iterable[nn.Module] = (),
+                 head_lr_scale: float = 1.0, device: str = "cpu"):
+        self.frozen, self.head_lr_scale = list(frozen), head_lr_scale
+        for m in self.frozen:
+            m.requires_grad_(False)  # before the optimizer is built: it holds trainable parameters only
+        super().__init__(model, params, device=device, plots=False, progress=False)
+
+    def configure_optimizer(self) -> torch.optim.Optimizer:
+        if self.head_lr_scale == 1.0:
+            return super().configure_optimizer()
+        named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+        lr = self.params.lr
+        return torch.optim.AdamW([{"params": [p for n, p in named if not n.startswith("head.")], "lr": lr},
+                                  {"params": [p for n, p in named if n.startswith("head.")],
+                                   "lr": self.head_lr_scale * lr}], weight_decay=self.params.weight_decay)
+
+    def train_mode(self) -> None:
+        self.model.train()
+        for m in self.frozen:
+            m.eval()
+
+    def compute_loss(self, batch: Any) -> torch.Tensor:
+        x, y = batch  # [B, 3, S, S], [B]
+        logits = self.model(x)  # [B, k]
+        self._last_batch_metrics["correct"] = float((logits.argmax(1) == y).sum())
+        return F.cross_entropy(logits, y)
+
+    def release(self) -> None:
+        """Unfreeze the frozen modules (the trained model is saved whole)."""
+        for m in self.frozen:
+            m.requires_grad_(True)
+
+
 def split_ids(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Seeded (train, val) index arrays; val is round(fraction * n), at least 1 when n >= 2 and fraction > 0."""
     k = min(n - 1, max(1, round(val_fraction * n))) if n >= 2 and val_fraction > 0 else 0
     perm = np.random.default_rng(seed).permutation(n)
     return np.sort(perm[k:]), np.sort(perm[:k])
-
-
-@register_trainer
-class ModelAutoEncoderTrainer(Trainer):
-    """Trains ModelAutoEncoder to reconstruct model parameter vectors (stage 03)."""
-
-    name = "autoencoder"
-
-    def compute_loss(self, batch: Any) -> torch.Tensor:
-        x = batch["vectors"] if isinstance(batch, dict) else batch[0] if isinstance(batch, (list, tuple)) else batch
-        total, parts = self.model.loss(x)  # x: [B, input_dim]
-        self._last_batch_metrics.update(parts)
-        return total
-
-    @classmethod
-    def from_run(cls, run: str | Path, P: Any, out_dir: str | Path, device: str = "cpu",
-                 progress: bool = True) -> dict[str, Any]:
-        """Train on the stage-02 vectors of run folder ``run`` with the parameters ``P``; see ``train_autoencoder``."""
-        from .extract import load_vectors
-
-        ids, vectors = load_vectors(Path(run) / VECTORS_STAGE)
-        _, summary = train_autoencoder(ids, vectors, P.autoencoder, P.train, out_dir, seed=P.run.seed,
-                                       device=device, progress=progress)
-        return summary
-
-
-
-def train_autoencoder(ids: Iterable[str], vectors: np.ndarray, cfg: AutoEncoderParams, params: TrainParams,
-                      out_dir: str | Path, seed: int = 0, device: str = "cpu",
-                      progress: bool = True) -> tuple[nn.Module, dict[str, Any]]:
-    """Fit a ModelAutoEncoder on ``vectors`` [N, input_dim] (seeded train / val split by model).
-
-    The standardiser uses the training models only. Writes into ``out_dir``: ``history.json`` (with the
-    split), ``figures/autoencoder_loss.*``, ``autoencoder/`` (``ModelAutoEncoder.save``) and a named
-    checkpoint. Returns (model in eval mode, summary dict).
-    """
-    from torch.utils.data import DataLoader, TensorDataset
-
-    from .autoencoder import ModelAutoEncoder
-
-    ids, vectors = [str(i) for i in ids], np.asarray(vectors, dtype=np.float32)
-    if vectors.ndim != 2 or vectors.shape[1] != cfg.input_dim:
-        raise ValueError(f"vectors have shape {vectors.shape} but autoencoder.input_dim is {cfg.input_dim} "
-                         "(set it to extract.length)")
-    from . import audit
-
-    tr, va = split_ids(len(ids), params.val_fraction, seed)
-    if len(tr) == 0:
-        raise ValueError("no model vectors to train the autoencoder on")
-    audit.seen("standardiser", models=[ids[i] for i in tr])
-    audit.seen("autoencoder", models=ids)  # trained on tr, early-stopped on va: every id given here reaches it
-    torch.manual_seed(seed)
-    model = ModelAutoEncoder(cfg)
-    model.set_standardizer(vectors[tr])
-    X = torch.from_numpy(vectors)
-    g = torch.Generator().manual_seed(seed)
-    train_loader = DataLoader(TensorDataset(X[tr]), batch_size=params.batch_size, shuffle=True, generator=g)
-    val_loader = DataLoader(TensorDataset(X[va]), batch_size=params.batch_size) if len(va) else None
-    trainer = ModelAutoEncoderTrainer(model, params, out_dir=out_dir, device=device, seed=seed, progress=progress)
-    trainer.info = {"train_ids": [ids[i] for i in tr], "val_ids": [ids[i] for i in va]}
-    trainer.fit(train_loader, val_loader)
-    out_dir = Path(out_dir)
-    model.eval().save(out_dir / "autoencoder")
-    ckpt = trainer.save_checkpoint(out_dir)
-    summary = {k: v for k, v in trainer.summary().items() if k != "epochs"}
-    summary.update(epochs_run=len(trainer.history), checkpoint=ckpt.name, model_dir=str(out_dir / "autoencoder"),
-                   final=trainer.history[-1] if trainer.history else None)
-    return model, summary
 
 
 def run_trainer(name: str, run: str | Path, params_file: str | Path | None = None, out_dir: str | Path | None = None,
@@ -397,7 +394,8 @@ def run_trainer(name: str, run: str | Path, params_file: str | Path | None = Non
     src = Path(params_file) if params_file else recorded[-1] if recorded else None
     P = params_mod.load(src) if src else params_mod.from_dict({})
     if epochs is not None:
-        P = dataclasses.replace(P, train=dataclasses.replace(P.train, epochs=epochs))
+        section = f"train_{cls.name}"  # each trainer's schedule has a section of its own
+        P = dataclasses.replace(P, **{section: dataclasses.replace(getattr(P, section), epochs=epochs)})
     out = Path(out_dir) if out_dir else run / "train" / cls.__name__
     summary = cls.from_run(run, P, out, device=device or P.run.device, progress=progress)
     return {"params_file": str(src) if src else "defaults", "out_dir": str(out), **summary}

@@ -790,27 +790,49 @@ def knn(features, labels, logits=None, *, k: int = 5) -> float:
     return float(np.mean(votes.argmax(axis=1) == y))
 
 
+def probe_predict(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, l2: float = 1e-3,
+                  steps: int = 100) -> np.ndarray:
+    """The linear probe: predicted labels [m] of x_test [m, D] after fitting on x_train [n, D], y_train [n].
+
+    Standardise with the training features' mean and std (+1e-6), then L2-regularised softmax
+    regression: mean cross-entropy + l2 * ||W||^2 (scikit-learn's C = 1 / (2 n l2)), L-BFGS from
+    zero weights for at most ``steps`` iterations; deterministic. The ground truth's
+    ``linear_probe`` method and the ``linear`` scorer both use it.
+    """
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import LogisticRegression
+
+    mu, sd = x_train.mean(0), x_train.std(0) + 1e-6  # [D]
+    clf = LogisticRegression(C=1.0 / (2 * len(y_train) * l2), max_iter=steps)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)  # a fixed budget is part of the schedule
+        clf.fit((x_train - mu) / sd, y_train)
+    return clf.predict((x_test - mu) / sd)
+
+
+def linear_probe(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray,
+                 l2: float = 1e-3, steps: int = 100) -> float:
+    """Test accuracy in [0, 1] of ``probe_predict`` fitted on (x_train [n, D], y_train [n]), tested on (x_test, y_test)."""
+    return float((probe_predict(x_train, y_train, x_test, l2, steps) == y_test).mean())
+
+
 @register_scorer("linear", citation=(
     "Cross-validated linear probe (logistic regression on frozen features), the standard "
     "transfer baseline; cf. S. Kornblith, J. Shlens, Q. V. Le. Do Better ImageNet Models "
     "Transfer Better? CVPR 2019."))
 def linear(features, labels, logits=None, *, folds: int = 5, l2: float = 1e-3, max_iter: int = 100,
            seed: int = 0) -> float:
-    """Cross-validated accuracy of a multinomial logistic-regression probe on the sample itself.
+    """Cross-validated accuracy of the linear probe (``probe_predict``) on the sample itself.
 
     Reference (linear probe as transfer baseline): S. Kornblith, J. Shlens, Q. V. Le, "Do Better
     ImageNet Models Transfer Better?", CVPR 2019.
 
     Stratified ``folds``-fold CV (shuffled, ``random_state=seed``; fewer folds if even the
-    largest class has fewer examples). Per fold: standardise with the training fold's mean/std,
-    fit scikit-learn ``LogisticRegression`` (L-BFGS from zero, C = 1 / (2 n_train l2), at most
-    ``max_iter`` iterations -- the same probe as ``groundtruth.linear_probe``), predict the held-out
-    fold. Returns the pooled held-out accuracy in [0, 1]; deterministic.
+    largest class has fewer examples); each held-out fold is predicted by the probe fitted on the
+    others. Returns the pooled held-out accuracy in [0, 1]; deterministic.
     A training fold holding one class only predicts that class; if every class is a single example
     no example can be predicted (its class is never in training) and the score is 0.
     """
-    from sklearn.exceptions import ConvergenceWarning
-    from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedKFold
 
     f, y, _ = _prepare(features, labels)
@@ -821,17 +843,9 @@ def linear(features, labels, logits=None, *, folds: int = 5, l2: float = 1e-3, m
     pred = np.empty_like(y)
     cv = StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=seed)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
         warnings.filterwarnings("ignore", message="The least populated class")
         for tr, te in cv.split(f, y):
-            if len(np.unique(y[tr])) < 2:
-                pred[te] = y[tr][0]
-                continue
-            m, s = f[tr].mean(axis=0), f[tr].std(axis=0) + 1e-6
-            x_tr, x_te = (f[tr] - m) / s, (f[te] - m) / s
-            clf = LogisticRegression(C=1.0 / (2 * len(tr) * l2), max_iter=max_iter)
-            clf.fit(x_tr, y[tr])
-            pred[te] = clf.predict(x_te)
+            pred[te] = y[tr][0] if len(np.unique(y[tr])) < 2 else probe_predict(f[tr], y[tr], f[te], l2, max_iter)
     return float(np.mean(pred == y))
 
 

@@ -174,6 +174,25 @@ def test_sharded_round_trip(tmp_path, tiny_zoo):
         E.load_vectors(tmp_path / "nothing")
 
 
+def test_parts_resume_without_reading_weights_again(tmp_path, tiny_zoo):
+    """A sharded stage 02: extract_parts writes each model's vector or skip reason once; extract_zoo then
+    gathers them even when the weights are gone, and the result equals a direct extraction."""
+    root, _ = tiny_zoo
+    for name in ("simplecnn", "vit"):
+        shutil.copytree(root / name, tmp_path / "zoo" / name)
+    (tmp_path / "zoo" / "broken").mkdir()
+    index = _index(tmp_path / "zoo", ["simplecnn", "vit", "broken"])
+    direct, _ = E.extract_zoo(index, tmp_path / "zoo", ExtractParams(length=500), tmp_path / "direct", progress=False)
+    assert E.extract_parts(index, tmp_path / "zoo", 500, tmp_path / "parts", ["stats"]) == 3
+    assert E.extract_parts(index, tmp_path / "zoo", 500, tmp_path / "parts", ["stats"]) == 0  # all there: nothing read
+    shutil.rmtree(tmp_path / "zoo")
+    got, skipped = E.extract_zoo(index, tmp_path / "zoo", ExtractParams(length=500), tmp_path / "gathered",
+                                 progress=False, parts=tmp_path / "parts" / "stats")
+    assert got == direct == ["simplecnn", "vit"]
+    assert [m for m, _ in skipped] == ["broken"] and "missing weights" in skipped[0][1]
+    assert np.array_equal(E.load_vectors(tmp_path / "gathered")[1], E.load_vectors(tmp_path / "direct")[1])
+
+
 def test_time_extraction_reports_rates_of_what_it_times(tiny_zoo, monkeypatch):
     """Extraction made to take 60 ms and loading 5 ms per model: at most 16.7 and 200 models per second
     (sleeps only overshoot), ratio about 1/12."""

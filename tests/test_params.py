@@ -86,7 +86,7 @@ def test_section_hash_is_stable_and_sensitive():
 
 
 @pytest.mark.parametrize("section, key, value", [
-    ("ranker", "loss", "hinge"), ("tokens", "kind", "patches"), ("train", "scheduler", "step"),
+    ("ranker", "loss", "hinge"), ("tokens", "kind", "patches"), ("train_ranker", "scheduler", "step"),
     ("extract", "extractor", "histogram"), ("encoder", "name", "clip-large"), ("baselines", "scorers", ["logme", "nope"]),
     ("tasks", "datasets", {"not-a-dataset": 2}), ("evaluate", "ablations", ["no_brain"]),
 ])

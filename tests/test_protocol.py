@@ -54,7 +54,8 @@ def tiny_scores(data: RankingData, seed: int = 0) -> pd.DataFrame:
 
 def tiny_params(**evaluate):
     return from_dict({"autoencoder": {"input_dim": 32, "hidden": [16], "code_dim": 4},
-                      "train": {"epochs": 3, "batch_size": 8, "early_stopping_patience": 2},
+                      "train_autoencoder": {"epochs": 3, "batch_size": 8, "early_stopping_patience": 2},
+                      "train_ranker": {"epochs": 3, "batch_size": 8, "early_stopping_patience": 2},
                       "ranker": {"d_model": 16, "heads": 2, "layers": 1, "max_dataset_tokens": 8},
                       "evaluate": {"model_folds": 2, "seeds": 2, "ablations": ["no_dataset_tokens"], **evaluate}})
 
@@ -86,7 +87,7 @@ def test_inner_choice_sees_training_datasets_only():
     fold = protocol.make_folds(data)[0]
     P = tiny_params()
     with audit.recording() as records:
-        chosen, table = protocol.inner_choice(data, fold, P.ranker, P.train, {"loss": ["listnet", "pairwise"]}, 2, 0)
+        chosen, table = protocol.inner_choice(data, fold, P.ranker, P.train_ranker, {"loss": ["listnet", "pairwise"]}, 2, 0)
     assert chosen.loss == table.loss[table.inner_weighted_tau.idxmax()]
     seen = set().union(*(r.tasks for r in records))
     assert seen and not seen & set(fold.test_tasks) and seen <= set(fold.train_tasks)
@@ -134,7 +135,7 @@ def test_audit_catches_a_leak():
     with audit.recording() as records, audit.fold(fold.name):
         from ptmrec.ranker import fit_ranker
 
-        fit_ranker(data, data.task_ids, P.ranker, P.train, seed=0)  # the bug: test tasks among the training ones
+        fit_ranker(data, data.task_ids, P.ranker, P.train_ranker, seed=0)  # the bug: test tasks among the training ones
     assert any(r.tasks & set(fold.test_tasks) for r in records)
 
 

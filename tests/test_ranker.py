@@ -116,7 +116,7 @@ def test_unknown_settings_fail_clearly():
     with pytest.raises(ValueError, match="ranker.loss 'hinge'"):
         R.RankingLoss("hinge")
     with pytest.raises(ValueError, match="ranker.architecture 'mlp'"):
-        R.build_ranker(R.RankerConfig("mlp", 4, 4, 2))
+        R.build_ranker(R.RankerConfig("mlp", model_dim=4, dataset_dim=4, n_models=2))
 
 
 @pytest.mark.parametrize("arch", list(R.ARCHITECTURES))

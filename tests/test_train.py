@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 from ptmrec import cli, params
+from ptmrec import autoencoder as A
 from ptmrec import train as T
 from ptmrec.autoencoder import ModelAutoEncoder
 from ptmrec.params import AutoEncoderParams, TrainParams
@@ -273,7 +274,7 @@ def test_forward_batch_override_with_dict_batches(tmp_path):
 
 
 def test_trainer_registry():
-    cls = T.ModelAutoEncoderTrainer
+    cls = A.ModelAutoEncoderTrainer
     for name in ("modelautoencoder", "ModelAutoEncoderTrainer", "MODELAUTOENCODER", "model_autoencoder",
                  "modelautoencodertrainer"):
         assert T.get_trainer(name) is cls
@@ -305,7 +306,8 @@ def test_train_autoencoder_from_run_cli(tmp_path, capsys):
     ids = np.array([f"m{i}" for i in range(20)])
     write_npz(run / "02_model_vectors" / "vectors-00000.npz", ids=ids, vectors=V)
     P = params.from_dict({"autoencoder": {"input_dim": 64, "code_dim": 8, "hidden": [32], "dropout": 0.0},
-                          "train": {"epochs": 40, "batch_size": 8, "lr": 3e-3}}, name="tiny")
+                          "train_autoencoder": {"epochs": 40, "batch_size": 8, "lr": 3e-3},
+                          "train_ranker": {"epochs": 2}}, name="tiny")
     write_text(run / "02_model_vectors" / "params.resolved.yaml", P.to_yaml())
     assert cli.main(["train", "ModelAutoEncoder", "--run", str(run), "--epochs", "30"]) == 0
     printed = capsys.readouterr().out
@@ -321,4 +323,29 @@ def test_train_autoencoder_from_run_cli(tmp_path, capsys):
     assert (out / "autoencoder_config.json").is_file() and (out / "figures" / "autoencoder_loss.png").is_file()
     assert cli.main(["train", "nosuch", "--run", str(run)]) == 2
     with pytest.raises(ValueError, match="input_dim"):
-        T.train_autoencoder(ids, V[:, :10], P.autoencoder, P.train, tmp_path / "x")
+        A.train_autoencoder(ids, V[:, :10], P.autoencoder, P.train_autoencoder, tmp_path / "x")
+
+
+def test_classifier_trainer_keeps_frozen_modules_and_follows_its_step_schedule():
+    """The one training loop of the zoo and the ground truth's fine-tuning: frozen modules keep weights and
+    BatchNorm statistics, the head learns 10x faster, warm-up + cosine reaches zero at the last step."""
+    torch.manual_seed(0)
+    body = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    net = nn.Sequential()
+    net.add_module("body", body)
+    net.add_module("mid", nn.Linear(4, 4))
+    net.add_module("head", nn.Linear(4, 2))
+    before = {k: v.clone() for k, v in body.state_dict().items()}
+    mid = net.mid.weight.detach().clone()
+    x, y = torch.randn(8, 3, 6, 6), torch.tensor([0, 1] * 4)
+    schedule = TrainParams(epochs=20, lr=1e-2, scheduler="warmup_cosine", grad_clip=0.0)
+    trainer = T.ClassifierTrainer(net, schedule, frozen=[body], head_lr_scale=10.0)
+    assert [g["lr"] for g in trainer.optimizer.param_groups] == pytest.approx([5e-3, 5e-2])  # warm-up: step 1 of 2
+    history = trainer.fit_steps(iter([(x, y)] * 20))
+    assert len(history) == 20 and all(0 <= h["correct"] <= 8 for h in history)
+    assert all(torch.equal(before[k], v) for k, v in body.state_dict().items())  # weights and running stats
+    assert not torch.equal(mid, net.mid.weight) and not net.training
+    assert trainer.optimizer.param_groups[1]["lr"] == pytest.approx(0.0, abs=1e-12)
+    assert not any(p.requires_grad for p in body.parameters())
+    trainer.release()
+    assert all(p.requires_grad for p in body.parameters())
