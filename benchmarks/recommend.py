@@ -7,11 +7,12 @@ Works on any finished run folder (``--run``; the positional form ``benchmarks/re
 Writes a folder of real labelled target images (PNG, one subfolder per class, from the run's
 own target pools), then times:
 
-- the cold CLI call: ``python -m ptmrec.cli recommend --run R --images F`` in a fresh process,
-  wall clock, ``--repeats`` times (median); once with the run's traced image tower (stage 04, torch
-  alone) and once on a view of the run without it (the fallback: the encoder built through
+- the cold CLI call: ``python -m ptmrec.cli recommend --run R --images F --probe 0`` (tokens only) in a
+  fresh process, wall clock, ``--repeats`` times (median); once with the run's traced image tower (stage
+  04, torch alone) and once on a view of the run without it (the fallback: the encoder built through
   open_clip, what every cold call cost before the tower; issue 17: at most 3 s for the default zoo);
-- ``recommend()`` in-process: the first call of the session and ``--repeats`` warm calls (median);
+  then once with the run's default ``--probe`` (its inner-validated ``probe_k`` models run on the images);
+- ``recommend()`` in-process: the first call of the session and ``--repeats`` warm calls (median), tokens only;
 - the cheapest forward-pass baseline: one forward pass of every zoo model over the same
   images (features, what every transferability estimator needs) plus the fastest scorer of
   the run's stage 05 on those features (skipped with ``--no-baseline``).
@@ -105,14 +106,14 @@ def rank_seconds(run: Path, tokens: np.ndarray, n_models: int, repeats: int = 20
     return float(np.median(times))
 
 
-def cold_cli(run: Path, folder: Path, repeats: int) -> dict:
+def cold_cli(run: Path, folder: Path, repeats: int, probe: list[str] = ("--probe", "0")) -> dict:
     """Wall seconds of ``ptmrec recommend`` in fresh processes (each one imports everything it needs)."""
     times = []
     with tempfile.TemporaryDirectory() as out:
         for _ in range(repeats):
             t0 = time.perf_counter()
             r = subprocess.run([sys.executable, "-m", "ptmrec.cli", "recommend", "--run", str(run), "--images", str(folder),
-                                "--out", out], capture_output=True, text=True, cwd=REPO)
+                                "--out", out, *probe], capture_output=True, text=True, cwd=REPO)
             times.append(time.perf_counter() - t0)
             if r.returncode not in (0, 1):
                 raise RuntimeError(f"ptmrec recommend failed ({r.returncode}): {r.stderr[-2000:]}")
@@ -141,12 +142,12 @@ def in_session(run: Path, folder: Path, repeats: int) -> tuple[dict, object]:
     from ptmrec.recommend import recommend
 
     t0 = time.perf_counter()
-    first = recommend(run, folder)
+    first = recommend(run, folder, probe=0)
     first_s = time.perf_counter() - t0
     warm, rec = [], first
     for _ in range(repeats):
         t0 = time.perf_counter()
-        rec = recommend(run, folder)
+        rec = recommend(run, folder, probe=0)
         warm.append(time.perf_counter() - t0)
     return dict(first_call_seconds=round(first_s, 3), warm_seconds=[round(t, 3) for t in warm],
                 warm_median_seconds=round(float(np.median(warm)), 3), warm_steps=rec.info["seconds"],
@@ -193,6 +194,7 @@ def main() -> None:
     try:
         cold = cold_cli(run, folder, a.repeats)
         cold_old = cold_cli(view, folder, a.repeats)
+        cold_probe = cold_cli(run, folder, 1, probe=())  # the run's inner-validated probe_k
     finally:
         shutil.rmtree(view.parent, ignore_errors=True)
     session, rec = in_session(run, folder, a.repeats)
@@ -201,6 +203,8 @@ def main() -> None:
         # recommend() embeds a class-balanced sample (tokens.per_class per class), as the ranker was trained
         n_images_embedded=rec.info["n_images"], n_dataset_tokens=rec.info["n_tokens"],
         recommend_cold_cli=cold, recommend_cold_cli_without_traced_tower=cold_old,
+        recommend_cold_cli_default_probe=dict(cold_probe, probe_k=json.loads(
+            (run / "06_ranker/ranker/config.json").read_text()).get("probe_k", 0)),
         recommend_cold_seconds=cold["median_seconds"], recommend_warm_seconds=session["warm_median_seconds"],
         recommend_in_session=session, top3=rec.table.model_id.head(3).tolist())
     if not a.no_baseline:

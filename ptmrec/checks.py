@@ -40,6 +40,7 @@ def choices(P: Params) -> dict[str, tuple[list[str], list[str]]]:
         "zoo.families": (list(P.zoo.families), nets.list_families()),
         "tasks.datasets": (list(P.tasks.datasets), datasets),
         "zoo.sources": (list(P.zoo.sources), datasets),
+        "extract.probe_datasets": (list(P.extract.probe_datasets), datasets),
     }
 
 

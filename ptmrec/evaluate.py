@@ -30,7 +30,10 @@ ABLATIONS = Registry.of("ablation", {  # name -> RankerParams overrides
     "no_model_tokens": dict(model_tokens="ids"),
     "no_dataset_tokens": dict(dataset_tokens=False),
     "raw_vectors": dict(model_tokens="vectors"),
+    "behaviour_tokens": dict(model_tokens="behaviour"),  # what the model does on probe images, not its weights
+    "weights_and_behaviour": dict(model_tokens="both"),
 })
+BEHAVIOUR_KINDS = ("behaviour", "both")  # token kinds compared on leave-models-out folds as well
 PRIORS = ("popularity", "popularity_z", "most_params", "imagenet_first")  # static priors of ptmrec.protocol
 REFERENCES = ("oracle", "noise_ceiling", "noise_ceiling_fresh")  # what the truth allows, not methods
 
@@ -167,6 +170,8 @@ def frontier(summary: pd.DataFrame, n_models: int, estimators: Iterable[str], me
     rows = []
     for name, r in summary.iterrows():
         base, _, k = str(name).partition("@")
+        if k == "k*":  # the inner-validated k differs per fold: a choice, not a point of the sweep
+            continue
         if name == method:
             kind, k_ = method, 0
         elif base.startswith(f"{method}+") and k:
@@ -244,17 +249,37 @@ def learned_predictions(data: RankingData, P: Params, variants: dict[str, Rankin
         lmo = make_folds(data, zoo, E.model_folds, P.run.seed)
         cache: dict[str, np.ndarray] = {}
 
-        def tokens_of(fold: Fold) -> np.ndarray:  # one autoencoder per model fold, shared by its dataset folds
-            key = fold.name.split("/")[-1]
-            if key not in cache:
-                cache[key] = refit_tokens(vectors, data, fold.train_models, P.autoencoder, P.train_autoencoder, P.run.seed,
-                                          out_dir / "autoencoders" / key)
-            return cache[key]
+        def lmo_tokens(kind: str, d: RankingData) -> Callable[[Fold], np.ndarray] | None:
+            """A fold's model tokens: autoencoder codes refitted on its training models (one autoencoder per model
+            fold, shared by its dataset folds), beside the behaviour tokens for "both"; None where nothing is
+            fitted (behaviour tokens and raw vectors: the ranker's own LayerNorm is fitted with it)."""
+            if kind not in ("autoencoder", "both"):
+                return None
+            if d.model_ids != data.model_ids:
+                raise ValueError("leave-models-out: the token variants must cover the same models")
 
-        pred, lg = ranker_predictions(data, lmo, P.ranker, P.train_ranker, seeds, tokens_of=tokens_of, ks=E.probe_ks,
-                                      progress=progress)
+            def tokens_of(fold: Fold) -> np.ndarray:
+                key = fold.name.split("/")[-1]
+                if key not in cache:
+                    cache[key] = refit_tokens(vectors, data, fold.train_models, P.autoencoder, P.train_autoencoder,
+                                              P.run.seed, out_dir / "autoencoders" / key)
+                codes = cache[key]  # [N, code_dim]
+                return codes if kind == "autoencoder" else np.hstack([codes, d.model_tokens[:, P.autoencoder.code_dim:]])
+            return tokens_of
+
+        kind = P.ranker.model_tokens
+        pred, lg = ranker_predictions(data, lmo, P.ranker, P.train_ranker, seeds, tokens_of=lmo_tokens(kind, data),
+                                      ks=E.probe_ks, progress=progress)
         parts.append(pred)
         logs.append(lg.assign(kind="leave_models_out"))
+        for ab in E.ablations:  # the token comparison: behaviour tokens on unseen models too (first seed)
+            rp = ranker_params(P.ranker, ab)
+            if rp.model_tokens in BEHAVIOUR_KINDS and rp.model_tokens != kind:
+                d = variants[rp.model_tokens]
+                pred, lg = ranker_predictions(d, lmo, rp, P.train_ranker, seeds[:1], method=f"ranker:{ab}",
+                                              tokens_of=lmo_tokens(rp.model_tokens, d), progress=progress)
+                parts.append(pred)
+                logs.append(lg.assign(kind="leave_models_out"))
         folds["leave_models_out"] = lmo
     return pd.concat(parts, ignore_index=True), pd.concat(logs, ignore_index=True), folds
 

@@ -119,6 +119,12 @@ class ExtractParams:
     extractor: str = "stats"  # a registered extractor design (ptmrec.extract.list_extractors())
     length: int = 8192  # fixed vector length, whatever the architecture
     shard_size: int = 64  # models per NPZ shard
+    # Behaviour tokens (ptmrec.behaviour): source-role images of these datasets (any that is a target dataset of
+    # the world is dropped), probe_classes classes x probe_per_class images each
+    probe_datasets: list[str] = field(default_factory=lambda: [
+        "emoji", "stamps", "cards", "silhouettes", "handwriting", "photo-textures", "icon-themes", "mdi-icons"])
+    probe_classes: int = 6
+    probe_per_class: int = 10
 
 
 @dataclass
@@ -204,7 +210,8 @@ class RankerParams:
     layers: int = 2
     dropout: float = 0.1
     loss: str = "listnet"  # listnet | listmle | pairwise
-    model_tokens: str = "autoencoder"  # autoencoder (stage 03 codes) | vectors (raw stage 02 vectors) | ids (learned, no weights)
+    model_tokens: str = "autoencoder"  # autoencoder (stage 03 codes) | vectors (raw stage 02 vectors) | ids (learned, no
+    # weights) | behaviour (stage 02 behaviour tokens) | both (autoencoder codes and behaviour tokens side by side)
     dataset_tokens: bool = True  # False: a learned constant instead (ablation)
     max_dataset_tokens: int = 64  # tokens per task kept for the ranker (a class-balanced subset)
     candidate_attention: str = "full"  # full: self-attention across candidates, O(N^2) | induced: O(N), for hub-size zoos
@@ -219,7 +226,8 @@ class EvaluateParams:
 
     model_folds: int = 3  # leave-models-out folds, grouped by lineage (0 = no leave-models-out)
     top_k: int = 3  # for top-k hit rate and nDCG@k
-    ablations: list[str] = field(default_factory=lambda: ["no_model_tokens", "no_dataset_tokens", "raw_vectors"])
+    ablations: list[str] = field(default_factory=lambda: [
+        "no_model_tokens", "no_dataset_tokens", "raw_vectors", "behaviour_tokens", "weights_and_behaviour"])
     seeds: int = 3  # the ranker is trained with seeds run.seed, run.seed + 1, ... (mean and spread reported)
     inner_grid: dict[str, list[str | int | float | bool]] = field(default_factory=lambda: {"loss": ["listnet", "pairwise"]})
     # ranker settings chosen per leave-datasets-out fold by inner validation on its training datasets ({} = none)
@@ -349,6 +357,10 @@ def _check_values(P: Params, origin: str) -> None:
         if len(sizes) != 2 or min(sizes) < 1:
             raise ParamsError(f"{origin}: tasks.sizes.{name} must be [train, test] images per class, both positive, "
                               f"got {sizes}")
+    if P.extract.probe_classes < 2 or P.extract.probe_per_class < 2:
+        raise ParamsError(f"{origin}: extract.probe_classes and extract.probe_per_class must be at least 2 "
+                          f"(a 1-NN accuracy needs two classes and a neighbour), got {P.extract.probe_classes}, "
+                          f"{P.extract.probe_per_class}")
     _check_zoo(P.zoo, origin)
     _check_hardware(P.hardware, origin)
     _check_evaluate(P.evaluate, origin)

@@ -151,31 +151,46 @@ def inner_groups(data: RankingData, tasks: list[str], k: int) -> list[list[str]]
     return [[t for t in tasks if data.datasets[t] in names[i::k]] for i in range(k)]
 
 
+PROBE_TOLERANCE = 0.02  # the chosen k: the fewest probed models within this inner weighted tau of the best k
+
+
 def inner_choice(data: RankingData, fold: Fold, rp: RankerParams, tp: TrainParams, grid: dict[str, list[Any]],
-                 k: int, seed: int) -> tuple[RankerParams, pd.DataFrame]:
-    """The grid point with the best mean weighted tau in inner leave-datasets-out validation on the fold's
-    training tasks and models (never its test tasks); returns it and the table of every point's score."""
+                 k: int, seed: int, ks: list[int] | None = None) -> tuple[RankerParams, pd.DataFrame, int]:
+    """Choices by inner leave-datasets-out validation on the fold's training tasks and models (never its test
+    tasks): the grid point with the best mean weighted tau (tokens only, k = 0), and, with ``ks`` and evidence
+    in ``data``, how many models to probe: the fewest k (0 or ``probe_ks(ks, N)``, the ``top`` k of the prior)
+    whose mean weighted tau under the chosen point is within ``PROBE_TOLERANCE`` of the best k's (forward
+    passes cost seconds; a gain below the tolerance is not worth them). Returns (the point, the table of every
+    point's scores: ``inner_weighted_tau`` and ``tau@<k>``, the chosen k)."""
     from .metrics import weighted_tau
+    from .probing import choose_probes, prior_scores
 
     points = grid_points(grid)
     groups = inner_groups(data, fold.train_tasks, k)
-    if len(points) < 2 or len(groups) < 2:
-        return rp, pd.DataFrame([dict(point=str(p), inner_weighted_tau=np.nan) for p in points])
+    counts = [0] + probe_ks(ks, len(fold.train_models)) if ks and data.evidence is not None else [0]
+    if (len(points) < 2 and len(counts) < 2) or len(groups) < 2:
+        return rp, pd.DataFrame([dict(point=str(p), inner_weighted_tau=np.nan) for p in points]), 0
     rows = []
     for point in points:
         cand = dataclasses.replace(rp, **point)
-        taus = []
+        taus: dict[int, list[float]] = {c: [] for c in counts}
         for held in groups:
             train = [t for t in fold.train_tasks if t not in held]
             model, _ = fit_ranker(data, train, cand, tp, models=fold.train_models, seed=seed)
-            pred = predict(model, data, held, fold.train_models, cand.max_dataset_tokens)
-            for t, g in pred.groupby("task_id"):
-                truth = data.accuracy_of(t)[[data.model_ids.index(m) for m in g.model_id]]
-                taus.append(weighted_tau(truth, g.score.to_numpy()))
-        rows.append(dict(point=str(point), inner_weighted_tau=float(np.mean(taus)), **point))
+            priors = {t: prior_scores(model, data, t, fold.train_models, cand.max_dataset_tokens) for t in held}
+            for c in counts:
+                probed = {t: choose_probes("top", c, priors[t]) for t in held} if c else None
+                pred = predict(model, data, held, fold.train_models, cand.max_dataset_tokens, probed)
+                for t, g in pred.groupby("task_id"):
+                    truth = data.accuracy_of(t)[[data.model_ids.index(m) for m in g.model_id]]
+                    taus[c].append(weighted_tau(truth, g.score.to_numpy()))
+        rows.append(dict(point=str(point), inner_weighted_tau=float(np.mean(taus[0])), **point,
+                         **{f"tau@{c}": float(np.mean(taus[c])) for c in counts[1:]}))
     table = pd.DataFrame(rows)
-    best = grid_points(grid)[int(np.argmax(table.inner_weighted_tau.to_numpy()))]
-    return dataclasses.replace(rp, **best), table
+    best = int(np.argmax(table.inner_weighted_tau.to_numpy()))
+    by_k = np.array([table.inner_weighted_tau[best]] + [table[f"tau@{c}"][best] for c in counts[1:]])
+    probe_k = int(min(c for c, v in zip(counts, by_k) if v >= by_k.max() - PROBE_TOLERANCE))
+    return dataclasses.replace(rp, **points[best]), table, probe_k
 
 
 def probe_ks(ks: list[int], n: int) -> list[int]:
@@ -222,6 +237,17 @@ def probed_predictions(model: nn.Module, data: RankingData, fold: Fold, max_toke
     return out
 
 
+def _at_chosen_k(prior: pd.DataFrame, probed: list[pd.DataFrame], probe_k: int, n: int, method: str,
+                 seed: int) -> pd.DataFrame:
+    """The ranker at its inner-validated k (``<method>+top@k*#s<seed>``): the prior's predictions for k = 0,
+    else those of ``top`` with the k probed models of the fold's frontier (k capped at the n candidates)."""
+    if probe_k == 0:
+        return prior.assign(method=f"{method}+top@k*#s{seed}")
+    label = "all" if min(probe_k, n) == n else str(probe_k)
+    frame = next(p for p in probed if p.method.iloc[0] == f"{method}+top@{label}#s{seed}")
+    return frame.assign(method=f"{method}+top@k*#s{seed}")
+
+
 def ranker_predictions(data: RankingData, folds: list[Fold], rp: RankerParams, tp: TrainParams, seeds: list[int],
                        method: str = "ranker", grid: dict[str, list[Any]] | None = None, inner_k: int = 2,
                        tokens_of: Callable[[Fold], np.ndarray] | None = None, ks: list[int] | None = None,
@@ -239,7 +265,7 @@ def ranker_predictions(data: RankingData, folds: list[Fold], rp: RankerParams, t
         with audit.fold(fold.name):
             d = data if tokens_of is None else dataclasses.replace(data, model_tokens=tokens_of(fold))
             t0 = time.perf_counter()
-            chosen, table = inner_choice(d, fold, rp, tp, grid or {}, inner_k, seeds[0])
+            chosen, table, probe_k = inner_choice(d, fold, rp, tp, grid or {}, inner_k, seeds[0], ks)
             choose_seconds = time.perf_counter() - t0
             for s in seeds:
                 t0 = time.perf_counter()
@@ -248,11 +274,12 @@ def ranker_predictions(data: RankingData, folds: list[Fold], rp: RankerParams, t
                 pred = predict(model, d, fold.test_tasks, fold.test_models, chosen.max_dataset_tokens)
                 preds.append(pred.assign(method=f"{method}#s{s}", fold=fold.name))
                 if ks and d.evidence is not None:
-                    preds += probed_predictions(model, d, fold, chosen.max_dataset_tokens, ks, method, s,
+                    probed = probed_predictions(model, d, fold, chosen.max_dataset_tokens, ks, method, s,
                                                 pred.groupby("task_id").seconds.first().to_dict(), s == seeds[0])
+                    preds += probed + [_at_chosen_k(pred, probed, probe_k, len(fold.test_models), method, s)]
                 log.append(dict(method=method, fold=fold.name, seed=s, epochs=len(trainer.history),
                                 best_epoch=trainer.best_epoch, val_loss=trainer.best_loss, seconds=secs,
-                                choice={k: getattr(chosen, k) for k in sorted(grid or {})},
+                                choice={k: getattr(chosen, k) for k in sorted(grid or {})}, probe_k=probe_k,
                                 inner_scores=table.to_dict("records") if s == seeds[0] else None,
                                 choice_seconds=choose_seconds if s == seeds[0] else 0.0,
                                 n_train_tasks=len(fold.train_tasks), n_train_models=len(fold.train_models),

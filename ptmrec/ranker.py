@@ -71,16 +71,28 @@ class RankingData:
 
 
 def model_token_table(run: Path, kind: str) -> tuple[list[str], np.ndarray]:
-    """(model ids, tokens [N, D]) of a run: autoencoder codes (stage 03) or raw vectors (stage 02).
+    """(model ids, tokens [N, D]) of a run: autoencoder codes (stage 03), raw vectors or behaviour tokens
+    (stage 02), or "both": the codes [N, D_code] and behaviour tokens [N, D_b] side by side, [N, D_code + D_b].
 
     ``kind="ids"`` reads the codes too (unused by the model), so every variant sees the same zoo.
     """
     from .extract import load_vectors
 
+    run = Path(run)
     if kind == "vectors":
-        ids, tokens = load_vectors(Path(run) / "02_model_vectors")
+        ids, tokens = load_vectors(run / "02_model_vectors")
+    elif kind == "behaviour":
+        with np.load(run / "02_model_vectors" / "behaviour.npz") as z:
+            ids, tokens = z["ids"], z["tokens"]
+    elif kind == "both":
+        cids, codes = model_token_table(run, "autoencoder")
+        bids, beh = model_token_table(run, "behaviour")
+        row = {m: i for i, m in enumerate(bids)}
+        keep = [k for k, m in enumerate(cids) if m in row]
+        ids = [cids[k] for k in keep]
+        tokens = np.hstack([codes[keep], beh[[row[m] for m in ids]]])
     else:
-        with np.load(Path(run) / "03_autoencoder" / "tokens.npz") as z:
+        with np.load(run / "03_autoencoder" / "tokens.npz") as z:
             ids, tokens = z["ids"], z["tokens"]
     return [str(i) for i in ids], np.asarray(tokens, np.float32)
 
@@ -376,7 +388,7 @@ class CustomSimilarityTransformer(nn.Module):
 
 ARCHITECTURES = Registry.of("ranker architecture", {"cross_attention": RankingCrossAttentionTransformer,
                                                      "similarity": CustomSimilarityTransformer})
-MODEL_TOKENS = ("autoencoder", "vectors", "ids")
+MODEL_TOKENS = ("autoencoder", "vectors", "ids", "behaviour", "both")
 CANDIDATE_ATTENTION = ("full", "induced")
 LOSSES = ("listnet", "listmle", "pairwise")
 

@@ -10,8 +10,11 @@ The images (one subfolder per class) are embedded by the run's own encoder (stag
 dataset tokens, cut class-balanced to the ranker's ``max_dataset_tokens``; the run's ranker
 (stage 06) scores every model of the zoo from its model token (stage 03), and, when the run
 has a hardware profile of the device (stage 08), models outside the latency/memory budget are
-set aside (the nearest ones are shown when none fits). No model of the zoo is run on the
-images: that is what makes it fast.
+set aside (the nearest ones are shown when none fits). By default no model of the zoo is run on
+the images: that is what makes it fast. With ``probe=k`` (``--probe K``) the k favourites of that
+first ranking are run on the images, scored by the ranker's evidence estimators (LogME, NCE, ...), and
+the ranker ranks again with that evidence; the table then says which models were probed and what each
+cost (``probed``, ``probe_seconds``).
 
 A fast cold start: stage 04 saves the encoder's image tower traced (``encoders.save_image_tower``)
 in ``04_dataset_tokens/image_tower/``; loading it needs torch alone, not open_clip, timm or
@@ -203,16 +206,48 @@ def ranker_inputs(run: Path, cfg: dict[str, Any], tokens: np.ndarray,
     return mt, dt
 
 
-def _scores(run: Path, cfg: dict[str, Any], tokens: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """The ranker's score per model of ``cfg['model_ids']``: float32 [N]."""
+def _scores(run: Path, cfg: dict[str, Any], tokens: np.ndarray, labels: np.ndarray,
+            evidence: np.ndarray | None = None, probed: np.ndarray | None = None) -> np.ndarray:
+    """The ranker's score per model of ``cfg['model_ids']``: float32 [N]; with the raw estimator scores
+    ``evidence`` [N, F] of the ``probed`` [N] models (standardised within this target, as in training)."""
     import torch
 
-    from .ranker import load_ranker
+    from .ranker import load_ranker, standardize_evidence
 
     model, _ = load_ranker(Path(run) / "06_ranker" / "ranker")
     mt, dt = ranker_inputs(run, cfg, tokens, labels)  # [1, N, D_m], [1, M, D_d]
+    ev = pr = None
+    if probed is not None and probed.any():
+        ev = torch.from_numpy(standardize_evidence(evidence, probed))[None]  # [1, N, F]
+        pr = torch.from_numpy(probed)[None]  # [1, N]
     with torch.no_grad():
-        return model(mt, dt, None, torch.arange(mt.shape[1])[None])[0].numpy()
+        return model(mt, dt, None, torch.arange(mt.shape[1])[None], ev, pr)[0].numpy()
+
+
+def probe_models(run: Path, P: Any, cfg: dict[str, Any], images: Path, models: list[str], device: str = "cpu",
+                 seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Run ``models`` of the zoo on the folder's images and score them with the ranker's evidence estimators:
+    (raw scores [k, F] in ``cfg['evidence']`` order, NaN where an estimator fails; seconds per model [k]:
+    load, forward pass and estimators). The images are ``tasks.train_per_class`` per class at
+    ``tasks.image_size``, as stage 05 scores a task's training split."""
+    import pandas as pd
+
+    from .baselines import forward, score_pair
+    from .pools import load_image_folder
+    from .zoo import load_model
+
+    names = list(cfg.get("evidence") or [])
+    pool = load_image_folder(images, P.tasks.image_size, role=None, per_class=P.tasks.train_per_class, seed=seed)
+    zoo = pd.read_csv(run / "00_zoo_and_tasks/zoo/index.csv").set_index("model_id")
+    raw, seconds = np.full((len(models), len(names)), np.nan, np.float32), np.zeros(len(models))
+    for i, m in enumerate(models):
+        t0 = time.perf_counter()
+        model, mcfg = load_model(run / "00_zoo_and_tasks/zoo" / str(zoo.loc[m, "path"]), device)
+        feats, logits, _ = forward(model, mcfg["image_size"], pool.images, P.baselines.batch_size, device)
+        for r in score_pair(feats, pool.labels, logits, names):
+            raw[i, names.index(r["scorer"])] = r["score"]
+        seconds[i] = time.perf_counter() - t0
+    return raw, seconds
 
 
 def _hardware(run: Path, device: str, ranked: pd.DataFrame, max_latency_ms: float | None,
@@ -237,10 +272,12 @@ def _hardware(run: Path, device: str, ranked: pd.DataFrame, max_latency_ms: floa
 
 def recommend(run: str | Path, images: str | Path, top: int | None = None, max_latency_ms: float | None = None,
               max_memory_mb: float | None = None, device: str = "cpu", seed: int = 0,
-              traced: bool = True) -> Recommendation:
+              traced: bool = True, probe: int | None = None) -> Recommendation:
     """Rank the zoo of ``run`` for the labelled image folder ``images`` (see the module docstring).
 
     ``traced=False`` skips the run's traced image tower and builds the encoder through open_clip.
+    ``probe``: run the top ``probe`` models of the first ranking on the images and rank again with their
+    estimator scores as evidence (0: tokens only; None: the run's inner-validated default, ``probe_k``).
     """
     run, images = Path(run), check_images(images)
     cfg = check_run(run)
@@ -264,8 +301,23 @@ def recommend(run: str | Path, images: str | Path, top: int | None = None, max_l
     keep = _kept(labels, cfg)  # class-balanced cut to max_dataset_tokens: every class keeps its share
     scores = _scores(run, cfg, tokens[keep], labels[keep])  # [N]
     times["rank"] = time.perf_counter() - t0
+    k = check_probe(cfg, probe)
+    probed, probe_secs = np.zeros(len(scores), bool), np.zeros(len(scores))
+    if k:
+        from .probing import choose_probes
+
+        t0 = time.perf_counter()
+        probed = choose_probes("top", k, scores)  # the prior's favourites
+        chosen = [cfg["model_ids"][j] for j in np.flatnonzero(probed)]
+        raw = np.full((len(scores), int(cfg["evidence_dim"])), np.nan, np.float32)
+        raw[probed], probe_secs[probed] = probe_models(run, P, cfg, images, chosen, device, seed)
+        scores = _scores(run, cfg, tokens[keep], labels[keep], raw, probed)
+        times["probe"] = time.perf_counter() - t0
     zoo = pd.read_csv(run / "00_zoo_and_tasks/zoo/index.csv").set_index("model_id")
-    ranked = pd.DataFrame({"model_id": cfg["model_ids"], "score": scores}).sort_values("score", ascending=False)
+    ranked = pd.DataFrame({"model_id": cfg["model_ids"], "score": scores})
+    if k:
+        ranked = ranked.assign(probed=probed, probe_seconds=probe_secs)
+    ranked = ranked.sort_values("score", ascending=False, kind="stable")
     cols = [c for c in ("family", "source_task") if c in zoo.columns]
     ranked = ranked.join(zoo[cols], on="model_id").reset_index(drop=True)
     ranked.insert(0, "rank", np.arange(1, len(ranked) + 1))
@@ -284,8 +336,22 @@ def recommend(run: str | Path, images: str | Path, top: int | None = None, max_l
                 skipped_files=[list(s) for s in skipped], device=device, profiled=profiled, latency_column=latency,
                 max_latency_ms=max_latency_ms, max_memory_mb=max_memory_mb, n_models=len(ranked),
                 n_within_budget=int(every.within_budget.sum()), top=top, seconds=times,
-                seconds_total=sum(times.values()), ranker_format=cfg.get("format"))
+                seconds_total=sum(times.values()), ranker_format=cfg.get("format"),
+                probe_k=k, probed_models=[m for m, p in zip(cfg["model_ids"], probed) if p],
+                probe_estimators=list(cfg.get("evidence") or []) if k else [])
     return Recommendation(fits, nearest, info, every.reset_index(drop=True))
+
+
+def check_probe(cfg: dict[str, Any], probe: int | None) -> int:
+    """The number of models to probe: ``probe``, or the run's inner-validated ``probe_k`` when None; capped
+    at the zoo. A negative count, or probing with a ranker trained without evidence, is a RecommendError."""
+    k = int(cfg.get("probe_k", 0)) if probe is None else probe
+    if k < 0:
+        raise RecommendError(f"--probe {k}: give the number of models to run on the images (0 or more)")
+    if k and not int(cfg.get("evidence_dim", 0)):
+        raise RecommendError("--probe needs a ranker trained with evidence (ranker.evidence in the parameter set); "
+                             "this run's ranker has none: use --probe 0")
+    return min(k, len(cfg["model_ids"]))
 
 
 def _kept(labels: np.ndarray, cfg: dict[str, Any]) -> np.ndarray:
@@ -308,6 +374,9 @@ def format_table(rec: Recommendation) -> str:
     out.append(f"{rec.info['n_images']} images, {len(rec.info['classes'])} classes; "
                f"tokens {s['dataset_tokens']:.2f} s, ranking {s['rank']:.3f} s "
                f"(encoder load {s['load_encoder']:.2f} s, {rec.info.get('encoder', 'open_clip')})")
+    if rec.info.get("probe_k"):
+        out.append(f"probed {rec.info['probe_k']} models on the images in {s['probe']:.2f} s "
+                   f"({', '.join(rec.info['probed_models'])}; estimators {', '.join(rec.info['probe_estimators'])})")
     if rec.info["skipped_files"]:
         out.append(f"skipped {len(rec.info['skipped_files'])} unreadable files, e.g. {rec.info['skipped_files'][0]}")
     return "\n".join(out)

@@ -87,10 +87,24 @@ def test_inner_choice_sees_training_datasets_only():
     fold = protocol.make_folds(data)[0]
     P = tiny_params()
     with audit.recording() as records:
-        chosen, table = protocol.inner_choice(data, fold, P.ranker, P.train_ranker, {"loss": ["listnet", "pairwise"]}, 2, 0)
-    assert chosen.loss == table.loss[table.inner_weighted_tau.idxmax()]
+        chosen, table, k = protocol.inner_choice(data, fold, P.ranker, P.train_ranker, {"loss": ["listnet", "pairwise"]}, 2, 0)
+    assert chosen.loss == table.loss[table.inner_weighted_tau.idxmax()] and k == 0  # no evidence: nothing to probe
     seen = set().union(*(r.tasks for r in records))
     assert seen and not seen & set(fold.test_tasks) and seen <= set(fold.train_tasks)
+
+
+def test_inner_choice_of_k_probes_when_the_evidence_is_the_truth():
+    """logme follows the accuracy in the tiny world (small noise): probing pays, so the chosen k is above 0, and it
+    is the fewest probed models within the tolerance of the best k (what the table says)."""
+    data, _, _, _ = tiny_world()
+    data = attach_evidence(data, tiny_scores(data), ["logme", "nce"])
+    fold = protocol.make_folds(data)[0]
+    P = tiny_params()
+    _, table, k = protocol.inner_choice(data, fold, P.ranker, P.train_ranker, {}, 2, 0, ks=[2, 4])
+    taus = {0: table.inner_weighted_tau[0], **{int(c[4:]): table[c][0] for c in table.columns if c.startswith("tau@")}}
+    assert set(taus) == {0, 2, 4, len(fold.train_models)} and k > 0
+    assert taus[k] >= max(taus.values()) - protocol.PROBE_TOLERANCE
+    assert all(taus[c] < max(taus.values()) - protocol.PROBE_TOLERANCE for c in taus if c < k)
 
 
 def test_no_heldout_id_reaches_anything_fitted(tmp_path):

@@ -196,3 +196,15 @@ def test_candidate_attention_is_permutation_equivariant_and_learns(attention):
     pred = R.predict(fitted, data, data.task_ids[18:])
     taus = [weighted_tau(data.accuracy_of(t), g.score.to_numpy()) for t, g in pred.groupby("task_id", sort=False)]
     assert np.mean(taus) > 0.5, taus
+
+
+def test_model_token_table_puts_codes_and_behaviour_side_by_side_by_model_id(tmp_path):
+    from ptmrec.paths import write_npz
+
+    write_npz(tmp_path / "03_autoencoder" / "tokens.npz", ids=np.array(["a", "b", "c"]),
+              tokens=np.arange(6, dtype=np.float32).reshape(3, 2))
+    write_npz(tmp_path / "02_model_vectors" / "behaviour.npz", ids=np.array(["c", "a"]),  # other order, b missing
+              tokens=np.array([[30.0], [10.0]], np.float32), columns=np.array(["x.knn"]))
+    ids, both = R.model_token_table(tmp_path, "both")
+    assert ids == ["a", "c"] and both.tolist() == [[0, 1, 10], [4, 5, 30]]
+    assert R.model_token_table(tmp_path, "behaviour")[0] == ["c", "a"]

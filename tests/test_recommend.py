@@ -163,7 +163,7 @@ def test_cli_loads_the_traced_tower_without_open_clip(run, images, tmp_path, smo
     assert (run / "04_dataset_tokens/image_tower/image_tower.pt").is_file()
     env = {**os.environ, "PTMREC_RUNS": str(smoke_runs)}
     r = subprocess.run([sys.executable, "-X", "importtime", "-m", "ptmrec.cli", "recommend", "--run", str(run),
-                        "--images", str(images), "--out", str(tmp_path)], capture_output=True, text=True, env=env,
+                        "--images", str(images), "--out", str(tmp_path), "--probe", "0"], capture_output=True, text=True, env=env,
                        cwd=REPO, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     imported = {line.split("|")[-1].strip().split(".")[0] for line in r.stderr.splitlines() if line.startswith("import time:")}
@@ -173,7 +173,7 @@ def test_cli_loads_the_traced_tower_without_open_clip(run, images, tmp_path, smo
 
 def test_traced_tower_ranks_as_the_open_clip_encoder(run, images, smoke_runs, monkeypatch):
     monkeypatch.setenv("PTMREC_RUNS", str(smoke_runs))
-    fast, full = recommend(run, images), recommend(run, images, traced=False)
+    fast, full = recommend(run, images, probe=0), recommend(run, images, traced=False, probe=0)
     assert (fast.info["encoder"], full.info["encoder"]) == ("traced", "open_clip")
     assert fast.table.model_id.tolist() == full.table.model_id.tolist()
     np.testing.assert_allclose(fast.table.score, full.table.score, atol=1e-4)
@@ -228,7 +228,7 @@ def test_report_writes_html_and_png_with_budget_and_fit(run, images, tmp_path, s
 def test_recommendation_displays_as_a_table_with_probe_columns(run, images, tmp_path, smoke_runs, monkeypatch):
     """_repr_html_ for JupyterLab; ``probed``/``probe_seconds`` (the coming --probe K) are shown when present."""
     monkeypatch.setenv("PTMREC_RUNS", str(smoke_runs))
-    rec = recommend(run, images, top=2)
+    rec = recommend(run, images, top=2, probe=0)
     shown = rec._repr_html_()
     assert shown.count("<tr") == rec.info["n_models"] + 1 and "probed" not in shown and "score" in shown
     rec.ranked = rec.ranked.assign(probed=rec.ranked["rank"] <= 2, probe_seconds=np.where(rec.ranked["rank"] <= 2, 1.5, np.nan))
@@ -236,6 +236,22 @@ def test_recommendation_displays_as_a_table_with_probe_columns(run, images, tmp_
     files = rec.save(tmp_path, report=True)
     assert {f.name for f in files} >= {"ranking.html", "ranking.png", "ranking.csv", "ranking.json"}
     assert "except those marked probed" in (tmp_path / "ranking.html").read_text()
+
+
+def test_probe_runs_the_priors_favourites_and_ranks_again_with_their_evidence(run, images, smoke_runs, monkeypatch):
+    monkeypatch.setenv("PTMREC_RUNS", str(smoke_runs))
+    cfg = check_run(run)
+    prior = recommend(run, images, probe=0)
+    assert "probed" not in prior.ranked.columns and prior.info["probe_k"] == 0
+    rec = recommend(run, images, probe=2)
+    assert rec.info["probe_k"] == 2 and sorted(rec.info["probed_models"]) == sorted(prior.ranked.model_id[:2])
+    assert rec.ranked.probed.sum() == 2 and (rec.ranked.probe_seconds[rec.ranked.probed] > 0).all()
+    assert rec.info["probe_estimators"] == cfg["evidence"] and rec.info["seconds"]["probe"] > 0
+    moved = prior.ranked.set_index("model_id").score - rec.ranked.set_index("model_id").score
+    assert np.abs(moved).max() > 1e-6  # the evidence reached the ranker
+    assert recommend(run, images).info["probe_k"] == min(cfg["probe_k"], len(cfg["model_ids"]))  # the inner-validated default
+    assert "probed 2 models" in _cli("--run", str(run), "--images", str(images), "--probe", "2", "--out",
+                                     str(images.parent / "p2"), env_runs=smoke_runs).stdout
 
 
 # ----------------------------------------------------------------------------- bad input: one line, exit 2
@@ -250,6 +266,7 @@ def _one_line_error(r: subprocess.CompletedProcess, *needles: str) -> None:
 
 
 def test_bad_images_folders_are_one_line_errors(run, images, tmp_path):
+    _one_line_error(_cli("--run", str(run), "--images", str(images), "--probe", "-1"), "--probe -1", "0 or more")
     _one_line_error(_cli("--run", str(run), "--images", str(tmp_path / "nope")), str(tmp_path / "nope"), "no such folder",
                     "give --images a folder")
     (tmp_path / "empty").mkdir()
