@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from . import audit
-from .ranker import RankingData, build_combined_similarity_loader, model_inputs
+from .ranker import RankingData, build_combined_similarity_loader, evidence_ridge, model_inputs, zscore
 
 POLICIES = ("top", "uncertain")
 DROPOUT_PASSES = 8
@@ -81,31 +81,25 @@ def choose_probes(policy: str, k: int, prior: np.ndarray, spread: np.ndarray | N
 
 def estimator_at_k(estimator: np.ndarray, prior: np.ndarray, probed: np.ndarray) -> np.ndarray:
     """A single estimator restricted to the probed models: they come first, ordered by the estimator's
-    score [N], the unprobed ones after them in the prior's order. Returns scores [N] (higher is better)."""
-    rank_prior = np.argsort(np.argsort(prior))  # 0 = worst
-    est = np.where(np.isfinite(estimator), estimator, np.nanmin(estimator[probed]) if probed.any() else 0.0)
-    rank_est = np.argsort(np.argsort(np.where(probed, est, -np.inf)))
-    return np.where(probed, len(prior) + rank_est, rank_prior).astype(float)
+    score [N], the unprobed ones after them in the prior's order. Returns scores [N] (higher is better).
+    Ties stay ties (average ranks): a saturated estimator (H-score at C - 1) is not ordered by model index."""
+    from scipy.stats import rankdata
 
-
-def _zscore(x: np.ndarray, axis: int = 0) -> np.ndarray:
-    mu, sd = np.nanmean(x, axis, keepdims=True), np.nanstd(x, axis, keepdims=True)
-    return np.nan_to_num((x - mu) / np.where(sd > 1e-12, sd, 1.0))
+    out = rankdata(prior).astype(float)  # 1..N, ties averaged
+    if probed.any():
+        est = estimator[probed]
+        est = np.where(np.isfinite(est), est, np.nanmin(est) if np.isfinite(est).any() else 0.0)
+        out[probed] = len(prior) + rankdata(est)
+    return out
 
 
 def fit_stacking(data: RankingData, tasks: list[str], models: np.ndarray, alpha: float = 1.0) -> np.ndarray:
     """Ridge weights [F + 1] (bias last) predicting a model's accuracy z-scored within its task from its
     estimator scores z-scored within the task, fitted on ``tasks`` x ``models`` (training data only)."""
     audit.seen("stacking", tasks, [data.model_ids[i] for i in models])
-    rows = [data.task_ids.index(t) for t in tasks]
-    x = np.concatenate([_zscore(data.evidence[r][models]) for r in rows])  # [T * N, F]
-    y = np.concatenate([_zscore(data.accuracy[r][models]) for r in rows])  # [T * N]
-    x1 = np.column_stack([x, np.ones(len(x))])
-    reg = alpha * np.eye(x1.shape[1])
-    reg[-1, -1] = 0.0  # the bias is not shrunk
-    return np.linalg.solve(x1.T @ x1 + reg, x1.T @ y)
+    return evidence_ridge(data, tasks, models, alpha)
 
 
 def stack_scores(weights: np.ndarray, evidence: np.ndarray) -> np.ndarray:
     """Scores [N] of the stacking reference for one task's evidence [N, F]."""
-    return np.column_stack([_zscore(evidence), np.ones(len(evidence))]) @ weights
+    return np.column_stack([zscore(evidence), np.ones(len(evidence))]) @ weights

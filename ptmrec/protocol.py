@@ -237,13 +237,15 @@ def probed_predictions(model: nn.Module, data: RankingData, fold: Fold, max_toke
     return out
 
 
-def _at_chosen_k(prior: pd.DataFrame, probed: list[pd.DataFrame], probe_k: int, n: int, method: str,
+def _at_chosen_k(prior: pd.DataFrame, probed: list[pd.DataFrame], probe_k: int, fold: Fold, method: str,
                  seed: int) -> pd.DataFrame:
     """The ranker at its inner-validated k (``<method>+top@k*#s<seed>``): the prior's predictions for k = 0,
-    else those of ``top`` with the k probed models of the fold's frontier (k capped at the n candidates)."""
+    else those of ``top`` with the k probed models of the fold's frontier; a k that probed every training model
+    in the inner validation, or one beyond the fold's candidates, means all of them."""
     if probe_k == 0:
         return prior.assign(method=f"{method}+top@k*#s{seed}")
-    label = "all" if min(probe_k, n) == n else str(probe_k)
+    every = probe_k >= len(fold.train_models) or probe_k >= len(fold.test_models)
+    label = "all" if every else str(probe_k)
     frame = next(p for p in probed if p.method.iloc[0] == f"{method}+top@{label}#s{seed}")
     return frame.assign(method=f"{method}+top@k*#s{seed}")
 
@@ -276,7 +278,7 @@ def ranker_predictions(data: RankingData, folds: list[Fold], rp: RankerParams, t
                 if ks and d.evidence is not None:
                     probed = probed_predictions(model, d, fold, chosen.max_dataset_tokens, ks, method, s,
                                                 pred.groupby("task_id").seconds.first().to_dict(), s == seeds[0])
-                    preds += probed + [_at_chosen_k(pred, probed, probe_k, len(fold.test_models), method, s)]
+                    preds += probed + [_at_chosen_k(pred, probed, probe_k, fold, method, s)]
                 log.append(dict(method=method, fold=fold.name, seed=s, epochs=len(trainer.history),
                                 best_epoch=trainer.best_epoch, val_loss=trainer.best_loss, seconds=secs,
                                 choice={k: getattr(chosen, k) for k in sorted(grid or {})}, probe_k=probe_k,

@@ -39,7 +39,7 @@ from .params import RankerParams, TrainParams
 from .registry import Registry
 from .train import Trainer, register_trainer, split_ids
 
-FORMAT = 1  # version of the saved ranker folder; ``ptmrec recommend`` refuses others
+FORMAT = 2  # version of the saved ranker folder; ``ptmrec recommend`` refuses others (2: the evidence read-out)
 
 
 # ------------------------------------------------------------------------------- data
@@ -142,6 +142,25 @@ def subsample_tokens(labels: np.ndarray, max_tokens: int, rng: np.random.Generat
         pick = rng.choice(len(m), q, replace=False) if rng is not None else np.linspace(0, len(m) - 1, q).round()
         keep.append(m[np.asarray(pick, np.int64)])
     return np.sort(np.concatenate(keep)).astype(np.int64)
+
+
+def zscore(x: np.ndarray, axis: int = 0) -> np.ndarray:
+    """``x`` standardised along ``axis`` (NaN-aware; a constant slice gives 0, NaN gives 0)."""
+    mu, sd = np.nanmean(x, axis, keepdims=True), np.nanstd(x, axis, keepdims=True)
+    return np.nan_to_num((x - mu) / np.where(sd > 1e-12, sd, 1.0))
+
+
+def evidence_ridge(data: RankingData, tasks: list[str], models: np.ndarray, alpha: float = 1.0) -> np.ndarray:
+    """Ridge weights [F + 1] (bias last): a model's accuracy z-scored within its task from its estimator scores
+    z-scored within the task, fitted on ``tasks`` x ``models`` (the stacking reference, and the start of the
+    ranker's evidence read-out)."""
+    rows = [data.task_ids.index(t) for t in tasks]
+    x = np.concatenate([zscore(data.evidence[r][models]) for r in rows])  # [T * N, F]
+    y = np.concatenate([zscore(data.accuracy[r][models]) for r in rows])  # [T * N]
+    x1 = np.column_stack([x, np.ones(len(x))])
+    reg = alpha * np.eye(x1.shape[1])
+    reg[-1, -1] = 0.0  # the bias is not shrunk
+    return np.linalg.solve(x1.T @ x1 + reg, x1.T @ y)
 
 
 def probe_mask(n: int, rng: np.random.Generator) -> np.ndarray:
@@ -280,6 +299,9 @@ class _Inputs(nn.Module):
         if cfg.evidence_dim:  # what a forward pass on the target says about a probed model, added to its token
             self.evidence_in = nn.Linear(cfg.evidence_dim, d)
             self.probed_flag = nn.Parameter(torch.zeros(d))
+            # and read out straight into its score: the ranker can always fall back on a learned weighting of
+            # the estimators (zeros: no random draw, so the rest of the ranker initialises as without it)
+            self.evidence_out = nn.Parameter(torch.zeros(cfg.evidence_dim))
         layer = nn.TransformerEncoderLayer(d, cfg.heads, 2 * d, cfg.dropout, batch_first=True, norm_first=True)
         self.encoder = nn.TransformerEncoder(layer, cfg.layers, enable_nested_tensor=False)
         self.cfg = cfg
@@ -292,6 +314,12 @@ class _Inputs(nn.Module):
             on = probed.unsqueeze(-1).to(h.dtype)  # [B, N, 1]: unprobed models get nothing added
             h = h + on * (self.evidence_in(evidence) + self.probed_flag)
         return h
+
+    def evidence_score(self, evidence: torch.Tensor | None, probed: torch.Tensor | None) -> torch.Tensor | float:
+        """[B, N]: the linear read-out of each probed model's evidence [B, N, F], 0 for the others (and without any)."""
+        if not self.cfg.evidence_dim or evidence is None or probed is None:
+            return 0.0
+        return (evidence @ self.evidence_out) * probed.to(evidence.dtype)
 
     def dataset(self, dataset_tokens: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """[B, M, D_d] -> encoded memory [B, M, d] and its padding mask (or the null token)."""
@@ -355,7 +383,7 @@ class RankingCrossAttentionTransformer(nn.Module):
                 out = layer(out, memory, memory_key_padding_mask=mask)
         else:
             out = self.decoder(out, memory, memory_key_padding_mask=mask)  # [B, N, d]
-        return self.head(out).squeeze(-1)
+        return self.head(out).squeeze(-1) + self.inputs.evidence_score(evidence, probed)
 
 
 class CustomSimilarityTransformer(nn.Module):
@@ -383,7 +411,7 @@ class CustomSimilarityTransformer(nn.Module):
             query = (memory * keep).sum(1, keepdim=True) / keep.sum(1, keepdim=True).clamp(min=1)
         keys = self.inputs.models(model_tokens, model_indices, evidence, probed)  # [B, N, d]
         _, weights = self.attn(query, keys, keys, need_weights=True, average_attn_weights=True)  # [B, 1, N]
-        return torch.log(weights.squeeze(1).clamp(min=1e-12))
+        return torch.log(weights.squeeze(1).clamp(min=1e-12)) + self.inputs.evidence_score(evidence, probed)
 
 
 ARCHITECTURES = Registry.of("ranker architecture", {"cross_attention": RankingCrossAttentionTransformer,
@@ -499,6 +527,11 @@ def fit_ranker(data: RankingData, train_tasks: list[str], rp: RankerParams, tp: 
                                    len(data.model_ids), 0 if data.evidence is None else data.evidence.shape[2])
     torch.manual_seed(seed)
     model = build_ranker(cfg)
+    if cfg.evidence_dim:  # the evidence read-out starts as the ridge stacking of the estimators on the same data
+        every = np.arange(len(data.model_ids)) if models is None else np.asarray(models)
+        w = evidence_ridge(data, tr_tasks, every)[:-1]  # [F]; the bias moves every score alike: dropped
+        with torch.no_grad():
+            model.inputs.evidence_out.copy_(torch.as_tensor(w, dtype=torch.float32))
     trainer = RankerTrainer(model, RankingLoss(rp.loss), tp, out_dir, device=device, seed=seed,
                             plots=out_dir is not None, progress=progress)
     trainer.info = {"train_tasks": tr_tasks, "val_tasks": va_tasks}

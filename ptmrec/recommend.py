@@ -225,11 +225,12 @@ def _scores(run: Path, cfg: dict[str, Any], tokens: np.ndarray, labels: np.ndarr
 
 
 def probe_models(run: Path, P: Any, cfg: dict[str, Any], images: Path, models: list[str], device: str = "cpu",
-                 seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+                 seed: int = 0) -> tuple[np.ndarray, np.ndarray, dict[str, str]]:
     """Run ``models`` of the zoo on the folder's images and score them with the ranker's evidence estimators:
     (raw scores [k, F] in ``cfg['evidence']`` order, NaN where an estimator fails; seconds per model [k]:
-    load, forward pass and estimators). The images are ``tasks.train_per_class`` per class at
-    ``tasks.image_size``, as stage 05 scores a task's training split."""
+    load, forward pass and estimators; {model: why} for models that failed, whose rows stay NaN). The images
+    are ``tasks.train_per_class`` per class at ``tasks.image_size``, as stage 05 scores a task's training
+    split; a class with fewer than two images is a RecommendError naming it."""
     import pandas as pd
 
     from .baselines import forward, score_pair
@@ -238,16 +239,24 @@ def probe_models(run: Path, P: Any, cfg: dict[str, Any], images: Path, models: l
 
     names = list(cfg.get("evidence") or [])
     pool = load_image_folder(images, P.tasks.image_size, role=None, per_class=P.tasks.train_per_class, seed=seed)
+    few = {c: n for c, n in pool.class_counts().items() if n < 2}
+    if few:
+        raise RecommendError(f"{images}: --probe needs at least 2 readable images per class; "
+                             + ", ".join(f"class {c} has {n}" for c, n in few.items()) + " (or use --probe 0)")
     zoo = pd.read_csv(run / "00_zoo_and_tasks/zoo/index.csv").set_index("model_id")
-    raw, seconds = np.full((len(models), len(names)), np.nan, np.float32), np.zeros(len(models))
+    raw, seconds, failed = np.full((len(models), len(names)), np.nan, np.float32), np.zeros(len(models)), {}
     for i, m in enumerate(models):
         t0 = time.perf_counter()
-        model, mcfg = load_model(run / "00_zoo_and_tasks/zoo" / str(zoo.loc[m, "path"]), device)
-        feats, logits, _ = forward(model, mcfg["image_size"], pool.images, P.baselines.batch_size, device)
+        try:
+            model, mcfg = load_model(run / "00_zoo_and_tasks/zoo" / str(zoo.loc[m, "path"]), device)
+            feats, logits, _ = forward(model, mcfg["image_size"], pool.images, P.baselines.batch_size, device)
+        except Exception as e:  # noqa: BLE001 -- one broken model must not stop the recommendation
+            failed[m] = " ".join(f"{type(e).__name__}: {e}".split())
+            continue
         for r in score_pair(feats, pool.labels, logits, names):
             raw[i, names.index(r["scorer"])] = r["score"]
         seconds[i] = time.perf_counter() - t0
-    return raw, seconds
+    return raw, seconds, failed
 
 
 def _hardware(run: Path, device: str, ranked: pd.DataFrame, max_latency_ms: float | None,
@@ -302,7 +311,7 @@ def recommend(run: str | Path, images: str | Path, top: int | None = None, max_l
     scores = _scores(run, cfg, tokens[keep], labels[keep])  # [N]
     times["rank"] = time.perf_counter() - t0
     k = check_probe(cfg, probe)
-    probed, probe_secs = np.zeros(len(scores), bool), np.zeros(len(scores))
+    probed, probe_secs, failed = np.zeros(len(scores), bool), np.zeros(len(scores)), {}
     if k:
         from .probing import choose_probes
 
@@ -310,7 +319,10 @@ def recommend(run: str | Path, images: str | Path, top: int | None = None, max_l
         probed = choose_probes("top", k, scores)  # the prior's favourites
         chosen = [cfg["model_ids"][j] for j in np.flatnonzero(probed)]
         raw = np.full((len(scores), int(cfg["evidence_dim"])), np.nan, np.float32)
-        raw[probed], probe_secs[probed] = probe_models(run, P, cfg, images, chosen, device, seed)
+        raw[probed], probe_secs[probed], failed = probe_models(run, P, cfg, images, chosen, device, seed)
+        probed &= ~np.isin(cfg["model_ids"], list(failed))  # a model that failed gives no evidence
+        for m, why in failed.items():
+            print(f"ptmrec recommend: probing {m} failed, ranked without its evidence: {why}", file=sys.stderr)
         scores = _scores(run, cfg, tokens[keep], labels[keep], raw, probed)
         times["probe"] = time.perf_counter() - t0
     zoo = pd.read_csv(run / "00_zoo_and_tasks/zoo/index.csv").set_index("model_id")
@@ -337,7 +349,8 @@ def recommend(run: str | Path, images: str | Path, top: int | None = None, max_l
                 max_latency_ms=max_latency_ms, max_memory_mb=max_memory_mb, n_models=len(ranked),
                 n_within_budget=int(every.within_budget.sum()), top=top, seconds=times,
                 seconds_total=sum(times.values()), ranker_format=cfg.get("format"),
-                probe_k=k, probed_models=[m for m, p in zip(cfg["model_ids"], probed) if p],
+                probe_k=k, probe_requested=probe, probe_failures=failed,
+                probed_models=[m for m, p in zip(cfg["model_ids"], probed) if p],
                 probe_estimators=list(cfg.get("evidence") or []) if k else [])
     return Recommendation(fits, nearest, info, every.reset_index(drop=True))
 
@@ -375,8 +388,13 @@ def format_table(rec: Recommendation) -> str:
                f"tokens {s['dataset_tokens']:.2f} s, ranking {s['rank']:.3f} s "
                f"(encoder load {s['load_encoder']:.2f} s, {rec.info.get('encoder', 'open_clip')})")
     if rec.info.get("probe_k"):
-        out.append(f"probed {rec.info['probe_k']} models on the images in {s['probe']:.2f} s "
+        asked = rec.info.get("probe_requested")
+        note = (f" (--probe {asked} is more than the zoo's {rec.info['n_models']} models: all were probed)"
+                if asked is not None and asked > rec.info["n_models"] else "")
+        out.append(f"probed {len(rec.info['probed_models'])} models on the images in {s['probe']:.2f} s{note} "
                    f"({', '.join(rec.info['probed_models'])}; estimators {', '.join(rec.info['probe_estimators'])})")
+        if rec.info.get("probe_failures"):
+            out.append(f"probing failed for {', '.join(rec.info['probe_failures'])} (see stderr); ranked without them")
     if rec.info["skipped_files"]:
         out.append(f"skipped {len(rec.info['skipped_files'])} unreadable files, e.g. {rec.info['skipped_files'][0]}")
     return "\n".join(out)

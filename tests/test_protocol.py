@@ -209,6 +209,8 @@ def test_probe_policies_and_restricted_estimator():
     probed = np.array([False, True, False, True])
     scores = estimator_at_k(np.array([9.0, 1.0, 9.0, 2.0]), prior, probed)
     assert np.argsort(-scores).tolist() == [3, 1, 2, 0]  # probed by the estimator first, the rest by the prior
+    tied = estimator_at_k(np.array([3.0, 3.0, 3.0, 1.0]), prior, np.ones(4, bool))  # a saturated estimator
+    assert tied[0] == tied[1] == tied[2] > tied[3]  # ties stay ties, not ordered by model index
     z = standardize_evidence(np.array([[1.0], [2.0], [3.0], [np.nan]]), np.array([True, True, True, False]))
     assert z[:, 0].tolist() == pytest.approx([-1.2247, 0.0, 1.2247, 0.0], abs=1e-4)
     assert not standardize_evidence(np.ones((3, 2)), np.array([True, False, False])).any()  # one probe: no scale
@@ -221,3 +223,24 @@ def test_stacking_learns_which_estimator_to_trust():
     data = attach_evidence(data, tiny_scores(data), ["logme", "nce"])
     w = fit_stacking(data, data.task_ids[:6], np.arange(len(data.model_ids)))
     assert w[0] > 0.5 and abs(w[1]) < 0.3  # logme tracks accuracy, nce is noise
+
+
+def test_evidence_readout_starts_at_the_stacking_and_carries_the_evidence():
+    """With logme close to the truth and nce noise, the read-out weights logme, not nce, and the ranker with every
+    model probed ranks the held-out tasks about as well as logme itself (the prior alone cannot)."""
+    from ptmrec.metrics import weighted_tau
+    from ptmrec.ranker import fit_ranker, predict
+
+    data, _, _, _ = tiny_world()
+    data = attach_evidence(data, tiny_scores(data), ["logme", "nce"])
+    fold = protocol.make_folds(data)[0]
+    P = tiny_params()
+    model, _ = fit_ranker(data, fold.train_tasks, P.ranker, P.train_ranker, seed=0)
+    w = model.inputs.evidence_out.detach().numpy()
+    assert w[0] > 0.3 and abs(w[1]) < w[0] / 3
+    every = np.ones(len(data.model_ids), bool)
+    pred = predict(model, data, fold.test_tasks, None, P.ranker.max_dataset_tokens, {t: every for t in fold.test_tasks})
+    tau = np.mean([weighted_tau(data.accuracy_of(t), g.set_index("model_id").score[data.model_ids].to_numpy())
+                   for t, g in pred.groupby("task_id")])
+    logme = np.mean([weighted_tau(data.accuracy_of(t), data.evidence[data.task_ids.index(t), :, 0]) for t in fold.test_tasks])
+    assert tau >= logme - 0.1

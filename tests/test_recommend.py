@@ -254,6 +254,32 @@ def test_probe_runs_the_priors_favourites_and_ranks_again_with_their_evidence(ru
                                      str(images.parent / "p2"), env_runs=smoke_runs).stdout
 
 
+def test_probe_beyond_the_zoo_probes_all_and_a_broken_model_is_skipped(run, images, tmp_path, smoke_runs):
+    """--probe 100 on an 8-model zoo: every model, said so; one model's weights missing: reported, ranked anyway."""
+    zoo = pd.read_csv(run / "00_zoo_and_tasks/zoo/index.csv")
+    broken = zoo.model_id[0]
+    view = _view(run, tmp_path, skip=(f"00_zoo_and_tasks/zoo/{zoo.path[0]}/model.safetensors",))
+    r = _cli("--run", str(view), "--images", str(images), "--probe", "100", "--out", str(tmp_path / "out"),
+             env_runs=view.parent)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert f"more than the zoo's {len(zoo)} models: all were probed" in r.stdout
+    assert f"probing {broken} failed" in r.stderr and "Traceback" not in r.stderr
+    info = json.loads((tmp_path / "out" / "ranking.json").read_text())
+    assert set(info["probed_models"]) == set(zoo.model_id) - {broken} and list(info["probe_failures"]) == [broken]
+    ranked = pd.DataFrame(info["all_models"])
+    assert len(ranked) == len(zoo) and not ranked.set_index("model_id").probed[broken]
+
+
+def test_probe_needs_two_images_per_class(run, images, tmp_path):
+    folder = tmp_path / "few"
+    shutil.copytree(images, folder)
+    lonely = sorted(p for p in folder.iterdir() if p.is_dir())[1]
+    for f in sorted(lonely.glob("*.png"))[1:]:
+        f.unlink()
+    _one_line_error(_cli("--run", str(run), "--images", str(folder), "--probe", "2"), f"class {lonely.name} has 1",
+                    "--probe 0")
+
+
 # ----------------------------------------------------------------------------- bad input: one line, exit 2
 
 
