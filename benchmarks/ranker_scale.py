@@ -1,11 +1,14 @@
 """How ranking time grows with the number of candidate models: full vs induced candidate attention.
 
     .venv/bin/python benchmarks/ranker_scale.py            # writes benchmarks/results/ranker_scale.{json,png}
+    .venv/bin/python benchmarks/ranker_scale.py --run runs/default   # also: quality of both on the run's zoo
 
 Random model tokens (512-d) and 64 dataset tokens (256-d), the default ranker size (d_model 128, 2 layers,
 4 heads), batch 1, eval mode, no gradient; median of ``REPEATS`` calls after one warm-up, torch's default
 threads. Full self-attention is skipped past ``FULL_MAX`` candidates (its memory grows as N^2).
-Goals (issue 15): 10,000 candidates in at most 1 s, 100,000 in at most 10 s.
+Goals (issue 15): 10,000 candidates in at most 1 s, 100,000 in at most 10 s, quality on the default zoo
+unchanged: with ``--run``, both attentions rank the run's held-out datasets (leave-datasets-out, the first
+seed, the run's settings and evidence; k = 0 and every model probed) and the mean weighted taus are recorded.
 """
 from __future__ import annotations
 
@@ -41,10 +44,36 @@ def time_one(kind: str, n: int) -> float:
     return float(np.median(times))
 
 
-def main() -> dict:
+def quality(run: Path) -> dict:
+    """Mean weighted tau, leave-datasets-out, of the run's ranker with full and with induced candidate attention."""
+    import dataclasses
+
+    import pandas as pd
+
+    from ptmrec import params, protocol, ranker
+    from ptmrec.metrics import weighted_tau
+    from ptmrec.probing import attach_evidence
+
+    P = params.load(run / "07_evaluate" / "params.resolved.yaml")
+    data = ranker.load_ranking_data(run, P.groundtruth.target_method, P.run.seed, P.ranker.model_tokens)
+    if P.ranker.evidence:
+        data = attach_evidence(data, pd.read_csv(run / "05_baselines" / "scores.csv"), P.ranker.evidence)
+    out = {}
+    for kind in ("full", "induced"):
+        rp = dataclasses.replace(P.ranker, candidate_attention=kind)
+        pred, _ = protocol.ranker_predictions(data, protocol.make_folds(data), rp, P.train_ranker, [P.run.seed],
+                                              ks=[len(data.model_ids)] if data.evidence is not None else None)
+        for method, g in pred.groupby("method"):
+            taus = [weighted_tau(data.accuracy_of(t), h.set_index("model_id").score[data.model_ids].to_numpy())
+                    for t, h in g.groupby("task_id")]
+            out[f"{kind}:{method.split('#')[0]}"] = round(float(np.mean(taus)), 4)
+    return out
+
+
+def main(run: Path | None = None) -> dict:
     rows = [dict(candidate_attention=kind, n=n, seconds=round(time_one(kind, n), 4))
             for kind in ("full", "induced") for n in SIZES if kind == "induced" or n <= FULL_MAX]
-    result = dict(rows=rows, threads=torch.get_num_threads(), repeats=REPEATS,
+    result = dict(rows=rows, quality=quality(run) if run else None, threads=torch.get_num_threads(), repeats=REPEATS,
                   machine=f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
                   load_average=os.getloadavg(), date=time.strftime("%Y-%m-%d %H:%M"))
     OUT.mkdir(parents=True, exist_ok=True)
@@ -65,4 +94,8 @@ def main() -> dict:
 
 
 if __name__ == "__main__":
-    print(json.dumps(main(), indent=2))
+    import argparse
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--run", type=Path, help="a finished run: also compare the quality of both attentions on its zoo")
+    print(json.dumps(main(ap.parse_args().run), indent=2))
