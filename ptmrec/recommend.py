@@ -290,6 +290,7 @@ def recommend(run: str | Path, images: str | Path, top: int | None = None, max_l
     """
     run, images = Path(run), check_images(images)
     cfg = check_run(run)
+    k = check_probe(cfg, probe)  # before any work: a bad --probe costs nothing
     P = _run_params(run)
     import pandas as pd
 
@@ -310,7 +311,6 @@ def recommend(run: str | Path, images: str | Path, top: int | None = None, max_l
     keep = _kept(labels, cfg)  # class-balanced cut to max_dataset_tokens: every class keeps its share
     scores = _scores(run, cfg, tokens[keep], labels[keep])  # [N]
     times["rank"] = time.perf_counter() - t0
-    k = check_probe(cfg, probe)
     probed, probe_secs, failed = np.zeros(len(scores), bool), np.zeros(len(scores)), {}
     if k:
         from .probing import choose_probes

@@ -225,7 +225,7 @@ def test_smoke_pipeline_on_slurm_equals_the_local_run(cluster, smoke_runs, tmp_p
 
     # the array tasks did the work: every model's part was written before the stage's notebook job started
     starts = {name: min(j["StartTime"] for j in records[i]) for name, i in jobs.items()}
-    for stage, pattern in (("01_groundtruth", "parts/*.csv"), ("02_model_vectors", "parts/*/*.npy")):
+    for stage, pattern in (("01_groundtruth", "parts/*.csv"), ("02_model_vectors", "parts/*/*.npz")):
         parts = sorted((run / stage).glob(pattern))
         assert parts, f"{stage}: no parts"
         started = time.mktime(time.strptime(starts[stage], "%Y-%m-%dT%H:%M:%S"))
