@@ -7,11 +7,11 @@ Works on any finished run folder (``--run``; the positional form ``benchmarks/re
 Writes a folder of real labelled target images (PNG, one subfolder per class, from the run's
 own target pools), then times:
 
-- the cold CLI call: ``python -m ptmrec.cli recommend --run R --images F --probe 0`` (tokens only) in a
+- the cold CLI call: ``python -m ptmrec.cli recommend --run R --images F --probe 0`` (tokens only, the default) in a
   fresh process, wall clock, ``--repeats`` times (median); once with the run's traced image tower (stage
   04, torch alone) and once on a view of the run without it (the fallback: the encoder built through
   open_clip, what every cold call cost before the tower; issue 17: at most 3 s for the default zoo);
-  then once with the run's default ``--probe`` (its inner-validated ``probe_k`` models run on the images);
+  then once with ``--probe`` alone (the run's inner-validated ``probe_k`` models run on the images);
 - ``recommend()`` in-process: the first call of the session and ``--repeats`` warm calls (median), tokens only;
 - the cheapest forward-pass baseline: one forward pass of every zoo model over the same
   images (features, what every transferability estimator needs) plus the fastest scorer of
@@ -194,7 +194,7 @@ def main() -> None:
     try:
         cold = cold_cli(run, folder, a.repeats)
         cold_old = cold_cli(view, folder, a.repeats)
-        cold_probe = cold_cli(run, folder, 1, probe=())  # the run's inner-validated probe_k
+        cold_probe = cold_cli(run, folder, 1, probe=("--probe",))  # the run's inner-validated probe_k
     finally:
         shutil.rmtree(view.parent, ignore_errors=True)
     session, rec = in_session(run, folder, a.repeats)

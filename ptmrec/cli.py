@@ -253,9 +253,9 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--max-latency-ms", type=float, help="latency budget at batch 1, ms (hardware.latency_stat of the run, p50 by default; measured in stage 08)")
     m.add_argument("--max-memory-mb", type=float, help="peak memory budget (measured in stage 08)")
     m.add_argument("--device", default="cpu", help="device to encode on and whose profile applies (cpu, cuda)")
-    m.add_argument("--probe", type=int, metavar="K", default=None,
-                   help="run the K favourites on the images and rank again with their estimator scores "
-                        "(default: the run's inner-validated probe_k; 0: tokens only, fastest)")
+    m.add_argument("--probe", type=int, nargs="?", metavar="K", default=0, const=None,
+                   help="run the K favourites on the images and rank again with their estimator scores; "
+                        "--probe alone: the run's inner-validated probe_k (without --probe: tokens only, fastest)")
     m.add_argument("--out", metavar="DIR", help="where ranking.csv/json go (default runs/recommendations/<images>)")
     m.add_argument("--report", action="store_true", help="also write ranking.html and ranking.png beside them")
     m.add_argument("--debug", action="store_true", help="show the stack trace of an error")

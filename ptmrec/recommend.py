@@ -11,7 +11,8 @@ dataset tokens, cut class-balanced to the ranker's ``max_dataset_tokens``; the r
 (stage 06) scores every model of the zoo from its model token (stage 03), and, when the run
 has a hardware profile of the device (stage 08), models outside the latency/memory budget are
 set aside (the nearest ones are shown when none fits). By default no model of the zoo is run on
-the images: that is what makes it fast. With ``probe=k`` (``--probe K``) the k favourites of that
+the images: that is what makes it fast. With ``probe=k`` (``--probe K``; ``--probe`` alone, or
+``probe=None``, takes the run's inner-validated ``probe_k``) the k favourites of that
 first ranking are run on the images, scored by the ranker's evidence estimators (LogME, NCE, ...), and
 the ranker ranks again with that evidence; the table then says which models were probed and what each
 cost (``probed``, ``probe_seconds``).
@@ -281,12 +282,12 @@ def _hardware(run: Path, device: str, ranked: pd.DataFrame, max_latency_ms: floa
 
 def recommend(run: str | Path, images: str | Path, top: int | None = None, max_latency_ms: float | None = None,
               max_memory_mb: float | None = None, device: str = "cpu", seed: int = 0,
-              traced: bool = True, probe: int | None = None) -> Recommendation:
+              traced: bool = True, probe: int | None = 0) -> Recommendation:
     """Rank the zoo of ``run`` for the labelled image folder ``images`` (see the module docstring).
 
     ``traced=False`` skips the run's traced image tower and builds the encoder through open_clip.
     ``probe``: run the top ``probe`` models of the first ranking on the images and rank again with their
-    estimator scores as evidence (0: tokens only; None: the run's inner-validated default, ``probe_k``).
+    estimator scores as evidence (0, the default: tokens only; None: the run's inner-validated ``probe_k``).
     """
     run, images = Path(run), check_images(images)
     cfg = check_run(run)

@@ -249,9 +249,12 @@ def test_probe_runs_the_priors_favourites_and_ranks_again_with_their_evidence(ru
     assert rec.info["probe_estimators"] == cfg["evidence"] and rec.info["seconds"]["probe"] > 0
     moved = prior.ranked.set_index("model_id").score - rec.ranked.set_index("model_id").score
     assert np.abs(moved).max() > 1e-6  # the evidence reached the ranker
-    assert recommend(run, images).info["probe_k"] == min(cfg["probe_k"], len(cfg["model_ids"]))  # the inner-validated default
+    assert recommend(run, images).info["probe_k"] == 0  # fast by default: no zoo model runs
+    assert recommend(run, images, probe=None).info["probe_k"] == min(cfg["probe_k"], len(cfg["model_ids"]))
     assert "probed 2 models" in _cli("--run", str(run), "--images", str(images), "--probe", "2", "--out",
                                      str(images.parent / "p2"), env_runs=smoke_runs).stdout
+    alone = _cli("--run", str(run), "--images", str(images), "--probe", "--out", str(images.parent / "pk"), env_runs=smoke_runs)
+    assert f"probed {min(cfg['probe_k'], len(cfg['model_ids']))} models" in alone.stdout, alone.stderr[-2000:]
 
 
 def test_probe_beyond_the_zoo_probes_all_and_a_broken_model_is_skipped(run, images, tmp_path, smoke_runs):
