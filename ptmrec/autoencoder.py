@@ -172,7 +172,6 @@ class ModelAutoEncoderTrainer(Trainer):
         return summary
 
 
-
 def train_autoencoder(ids: Iterable[str], vectors: np.ndarray, cfg: AutoEncoderParams, params: TrainParams,
                       out_dir: str | Path, seed: int = 0, device: str = "cpu",
                       progress: bool = True) -> tuple[nn.Module, dict[str, Any]]:

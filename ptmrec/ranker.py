@@ -528,7 +528,10 @@ def fit_ranker(data: RankingData, train_tasks: list[str], rp: RankerParams, tp: 
     torch.manual_seed(seed)
     model = build_ranker(cfg)
     if cfg.evidence_dim:  # the evidence read-out starts as the ridge stacking of the estimators on the same data
+        from . import audit
+
         every = np.arange(len(data.model_ids)) if models is None else np.asarray(models)
+        audit.seen("evidence read-out", tr_tasks, [data.model_ids[i] for i in every])
         w = evidence_ridge(data, tr_tasks, every)[:-1]  # [F]; the bias moves every score alike: dropped
         with torch.no_grad():
             model.inputs.evidence_out.copy_(torch.as_tensor(w, dtype=torch.float32))

@@ -207,16 +207,15 @@ def ranker_inputs(run: Path, cfg: dict[str, Any], tokens: np.ndarray,
     return mt, dt
 
 
-def _scores(run: Path, cfg: dict[str, Any], tokens: np.ndarray, labels: np.ndarray,
-            evidence: np.ndarray | None = None, probed: np.ndarray | None = None) -> np.ndarray:
-    """The ranker's score per model of ``cfg['model_ids']``: float32 [N]; with the raw estimator scores
-    ``evidence`` [N, F] of the ``probed`` [N] models (standardised within this target, as in training)."""
+def _scores(model: torch.nn.Module, mt: torch.Tensor, dt: torch.Tensor, evidence: np.ndarray | None = None,
+            probed: np.ndarray | None = None) -> np.ndarray:
+    """The ranker's score per model of ``mt`` [1, N, D_m] for dataset tokens ``dt`` [1, M, D_d]: float32 [N];
+    with the raw estimator scores ``evidence`` [N, F] of the ``probed`` [N] models (standardised within this
+    target, as in training)."""
     import torch
 
-    from .ranker import load_ranker, standardize_evidence
+    from .ranker import standardize_evidence
 
-    model, _ = load_ranker(Path(run) / "06_ranker" / "ranker")
-    mt, dt = ranker_inputs(run, cfg, tokens, labels)  # [1, N, D_m], [1, M, D_d]
     ev = pr = None
     if probed is not None and probed.any():
         ev = torch.from_numpy(standardize_evidence(evidence, probed))[None]  # [1, N, F]
@@ -225,15 +224,14 @@ def _scores(run: Path, cfg: dict[str, Any], tokens: np.ndarray, labels: np.ndarr
         return model(mt, dt, None, torch.arange(mt.shape[1])[None], ev, pr)[0].numpy()
 
 
-def probe_models(run: Path, P: Any, cfg: dict[str, Any], images: Path, models: list[str], device: str = "cpu",
-                 seed: int = 0) -> tuple[np.ndarray, np.ndarray, dict[str, str]]:
-    """Run ``models`` of the zoo on the folder's images and score them with the ranker's evidence estimators:
+def probe_models(run: Path, P: Any, cfg: dict[str, Any], zoo: pd.DataFrame, images: Path, models: list[str],
+                 device: str = "cpu", seed: int = 0) -> tuple[np.ndarray, np.ndarray, dict[str, str]]:
+    """Run ``models`` of the ``zoo`` (index.csv by model_id) on the folder's images and score them with the
+    ranker's evidence estimators:
     (raw scores [k, F] in ``cfg['evidence']`` order, NaN where an estimator fails; seconds per model [k]:
     load, forward pass and estimators; {model: why} for models that failed, whose rows stay NaN). The images
     are ``tasks.train_per_class`` per class at ``tasks.image_size``, as stage 05 scores a task's training
     split; a class with fewer than two images is a RecommendError naming it."""
-    import pandas as pd
-
     from .baselines import forward, score_pair
     from .pools import load_image_folder
     from .zoo import load_model
@@ -244,7 +242,6 @@ def probe_models(run: Path, P: Any, cfg: dict[str, Any], images: Path, models: l
     if few:
         raise RecommendError(f"{images}: --probe needs at least 2 readable images per class; "
                              + ", ".join(f"class {c} has {n}" for c, n in few.items()) + " (or use --probe 0)")
-    zoo = pd.read_csv(run / "00_zoo_and_tasks/zoo/index.csv").set_index("model_id")
     raw, seconds, failed = np.full((len(models), len(names)), np.nan, np.float32), np.zeros(len(models)), {}
     for i, m in enumerate(models):
         t0 = time.perf_counter()
@@ -295,6 +292,7 @@ def recommend(run: str | Path, images: str | Path, top: int | None = None, max_l
     P = _run_params(run)
     import pandas as pd
 
+    from .ranker import load_ranker
     from .tokens import folder_tokens
 
     if device != "cpu":
@@ -310,8 +308,11 @@ def recommend(run: str | Path, images: str | Path, top: int | None = None, max_l
     times["dataset_tokens"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     keep = _kept(labels, cfg)  # class-balanced cut to max_dataset_tokens: every class keeps its share
-    scores = _scores(run, cfg, tokens[keep], labels[keep])  # [N]
+    model, _ = load_ranker(run / "06_ranker" / "ranker")
+    mt, dt = ranker_inputs(run, cfg, tokens[keep], labels[keep])  # [1, N, D_m], [1, M, D_d]
+    scores = _scores(model, mt, dt)  # [N]
     times["rank"] = time.perf_counter() - t0
+    zoo = pd.read_csv(run / "00_zoo_and_tasks/zoo/index.csv").set_index("model_id")
     probed, probe_secs, failed = np.zeros(len(scores), bool), np.zeros(len(scores)), {}
     if k:
         from .probing import choose_probes
@@ -320,13 +321,12 @@ def recommend(run: str | Path, images: str | Path, top: int | None = None, max_l
         probed = choose_probes("top", k, scores)  # the prior's favourites
         chosen = [cfg["model_ids"][j] for j in np.flatnonzero(probed)]
         raw = np.full((len(scores), int(cfg["evidence_dim"])), np.nan, np.float32)
-        raw[probed], probe_secs[probed], failed = probe_models(run, P, cfg, images, chosen, device, seed)
+        raw[probed], probe_secs[probed], failed = probe_models(run, P, cfg, zoo, images, chosen, device, seed)
         probed &= ~np.isin(cfg["model_ids"], list(failed))  # a model that failed gives no evidence
         for m, why in failed.items():
             print(f"ptmrec recommend: probing {m} failed, ranked without its evidence: {why}", file=sys.stderr)
-        scores = _scores(run, cfg, tokens[keep], labels[keep], raw, probed)
+        scores = _scores(model, mt, dt, raw, probed)
         times["probe"] = time.perf_counter() - t0
-    zoo = pd.read_csv(run / "00_zoo_and_tasks/zoo/index.csv").set_index("model_id")
     ranked = pd.DataFrame({"model_id": cfg["model_ids"], "score": scores})
     if k:
         ranked = ranked.assign(probed=probed, probe_seconds=probe_secs)

@@ -35,8 +35,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import backbones as BB  # registers the pretrained backbone families
-from .params import TrainParams
 from .nets import FAMILIES, LITE_VARIANTS, HFNet, LiteNet, list_families, register_family  # noqa: F401 (re-exported)
+from .params import TrainParams
 
 log = logging.getLogger(__name__)
 
