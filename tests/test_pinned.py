@@ -1,9 +1,12 @@
 """The smoke run's figures, pinned: a refactor that says "behaviour unchanged" must leave them unchanged.
 
 ``tests/smoke_figures.json`` holds checksums of what stages 00-07 compute on params/smoke.yaml (one torch
-thread, so a run repeats bit for bit on one machine; figures of trained networks get a 0.5% tolerance for
-another CPU's float rounding; timings and stage 08 are left out). A change
-that moves them on purpose re-pins them, and its commit says why:
+thread, so a run repeats bit for bit on one machine; timings and stage 08 are left out), and the machine they
+were computed on. Training the smoke zoo from scratch is chaotic in float rounding: another CPU (another vector
+width in torch's or MKL's kernels) trains other models, and every figure downstream of stage 00 moves (CI saw
+the summed source accuracy go 1.069 -> 1.088 and popularity's tau 0.27 -> 0.09). So on the pinning machine
+every figure must match; on any other, only those that no trained zoo model touches. A change that moves
+them on purpose re-pins them, and its commit says why:
 
     .venv/bin/python tests/test_pinned.py runs/smoke > tests/smoke_figures.json
 """
@@ -52,17 +55,35 @@ def smoke_figures(run: Path) -> dict[str, float]:
 
 
 TRAINED = ("03.", "04.", "06.", "07.")  # figures of trained networks: float noise of another CPU may move them a little
+ZOO_FREE = ("00.models", "04.tokens", "05.random")  # the zoo's size, the dataset tokens, the random scorer
+
+
+def machine() -> str:
+    """The CPU (model, family, flags), torch version and torch's kernel width: what decides the zoo's rounding."""
+    import hashlib
+    import platform
+
+    import torch
+
+    info = Path("/proc/cpuinfo")
+    lines = info.read_text().splitlines() if info.exists() else []
+    field = {k.strip(): v.strip() for k, _, v in (line.partition(":") for line in lines) if v}
+    cpu = " ".join(field.get(k, "?") for k in ("model name", "cpu family", "model", "stepping"))
+    flags = hashlib.sha256(field.get("flags", "").encode()).hexdigest()[:8]
+    return f"{platform.machine()} {cpu} flags {flags} | torch {torch.__version__} {torch.backends.cpu.get_cpu_capability()}"
 
 
 def test_smoke_figures_are_the_pinned_ones(smoke_runs):
-    got, want = smoke_figures(smoke_runs / "smoke"), json.loads(PINNED.read_text())
+    got, pinned = smoke_figures(smoke_runs / "smoke"), json.loads(PINNED.read_text())
+    want = pinned["figures"]
     assert sorted(got) == sorted(want), "the set of pinned figures changed: re-pin (see the module docstring)"
-    moved = {k: (want[k], got[k]) for k in want
-             if not np.isclose(got[k], want[k], rtol=5e-3 if k.startswith(TRAINED) else 1e-4, atol=1e-8)}
+    same_machine = pinned["machine"] == machine()
+    moved = {k: (want[k], got[k]) for k in want if (same_machine or k in ZOO_FREE)
+             and not np.isclose(got[k], want[k], rtol=5e-3 if k.startswith(TRAINED) else 1e-4, atol=1e-8)}
     assert not moved, f"figures moved (pinned, now): {moved}; if on purpose, re-pin (see the module docstring)"
 
 
 if __name__ == "__main__":
     if len(sys.argv) != 2:
         sys.exit("usage: test_pinned.py runs/smoke > tests/smoke_figures.json")
-    print(json.dumps(smoke_figures(Path(sys.argv[1])), indent=1, sort_keys=True))
+    print(json.dumps({"machine": machine(), "figures": smoke_figures(Path(sys.argv[1]))}, indent=1, sort_keys=True))
