@@ -1,10 +1,11 @@
 """Stage 05: the classic transferability estimators, run over the zoo and the target tasks.
 
-For each model and task: one forward pass over the task's training split gives features
-``[N, D]`` (pooled penultimate layer, as in the ground-truth probe) and, where the model has
-a source head, logits ``[N, C_s]`` (the head applied to the same features, no second pass);
-then every scorer of ``ptmrec.transferability`` runs on them. Each row of the tidy table
-records the score and the seconds of the scorer call, beside the seconds of the forward pass.
+For each model and task: the features ``[N, D]`` of the task's training split (pooled penultimate
+layer, as in the ground-truth probe) and, where the model has a source head, its logits ``[N, C_s]``
+come from the feature store of stage 01 (``ptmrec.features``: the model ran once on every image);
+then every scorer of ``ptmrec.transferability`` runs on them. Each row of the tidy table records
+the score and the seconds of the scorer call, beside the forward seconds the store charges to the
+split. ``forward`` is the same pass on images outside the store (``ptmrec recommend --probe``).
 
 A scorer that cannot score a pair (no source head for LEEP/NCE, degenerate features) gives a
 row in ``skipped.csv`` with the reason, never a NaN in ``scores.csv``. Work is saved one CSV
@@ -72,35 +73,36 @@ def random_scores(model_ids: Iterable[str], task_ids: Iterable[str], seed: int) 
     return pd.DataFrame(rows)
 
 
-def score_model(model_ref: str | Path, pools: dict, tasks: list, scorers: list[str], batch_size: int,
-                device: str = "cpu") -> pd.DataFrame:
-    """All scorers of one model on every task: one row per (task, scorer), columns ``COLUMNS``."""
-    from .data import task_arrays
-    from .zoo import load_model
+def score_model(model_id: str, store: Path, pools: dict, tasks: list, scorers: list[str]) -> pd.DataFrame:
+    """All scorers of one model on every task: one row per (task, scorer), columns ``COLUMNS``.
 
-    model, cfg = load_model(model_ref, device)
+    Features and logits of each task's training split come from the feature store in ``store``
+    (stage 01 ran the model once); ``forward_seconds`` is what the store charges for them.
+    """
+    from .data import task_labels
+    from .features import load_store
+
+    fs = load_store(store, model_id)
     rows = []
     for task in tasks:
-        x, y = task_arrays(pools[task.dataset], task, "train")  # uint8 [N, S, S, 3], int [N]
-        feats, logits, fwd = forward(model, cfg["image_size"], x, batch_size, device)
+        feats, logits = fs.features(task, "train"), fs.logits(task, "train")  # float32 [N, D], [N, C_s] | None
+        y = task_labels(pools[task.dataset], task, "train")  # int [N]
         for r in score_pair(feats, y, logits, scorers):
-            rows.append(dict(model_id=cfg["model_id"], task_id=task.task_id, forward_seconds=fwd, n=len(y),
-                             dim=feats.shape[1], classes=len(np.unique(y)), **r))
+            rows.append(dict(model_id=model_id, task_id=task.task_id, forward_seconds=fs.seconds(task, "train"),
+                             n=len(y), dim=feats.shape[1], classes=len(np.unique(y)), **r))
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
-def run_baselines(zoo_index: pd.DataFrame, zoo_dir: Path, pools: dict, tasks: list, scorers: list[str],
-                  batch_size: int, parts: Path, device: str = "cpu",
+def run_baselines(zoo_index: pd.DataFrame, store: Path, pools: dict, tasks: list, scorers: list[str], parts: Path,
                   progress: Callable[[Iterable], Iterable] = iter) -> pd.DataFrame:
-    """Score every model of ``zoo_index`` on every task; resumes from ``parts/<model_id>.csv``.
+    """Score every model of ``zoo_index`` on every task from the feature store; resumes from ``parts/<model_id>.csv``.
 
     A SLURM array task passes its shard of the index (``pipeline.shard_rows``) into the same folder.
     """
     unknown = [s for s in scorers if s not in T.SCORERS]
     if unknown:
         raise ValueError(f"baselines.scorers has unknown {unknown}; registered: {', '.join(T.list_scorers())}")
-    frames = [resume(parts / f"{row.model_id}.csv",
-                     lambda: score_model(Path(zoo_dir) / row.path, pools, tasks, scorers, batch_size, device),
+    frames = [resume(parts / f"{row.model_id}.csv", lambda: score_model(row.model_id, store, pools, tasks, scorers),
                      lambda p: pd.read_csv(p, dtype={"error": str}).fillna({"error": ""}), write_csv)
               for row in progress(list(zoo_index.itertuples()))]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=COLUMNS)

@@ -275,15 +275,30 @@ def task_arrays(pool: Pool, task: Task, split: str) -> tuple[np.ndarray, np.ndar
 
     ``split``: "train", "test", or "fresh" (a second test split, disjoint from both, for the noise ceiling).
     """
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
-    if pool.name != task.dataset:
-        raise ValueError(f"task {task.task_id} is drawn from {task.dataset}, not from pool {pool.name}")
-    idx = {"train": task.train_idx, "test": task.test_idx, "fresh": task.fresh_idx}[split]
+    idx = _split_index(pool, task, split)
+    # one seed per task, the same for every split: the splits share the domain's parameters
+    return apply_domain(pool.images[idx], task.domain, seed=stable_int(task.task_id) % 2**32), task_labels(pool, task, split)
+
+
+def task_labels(pool: Pool, task: Task, split: str) -> np.ndarray:
+    """The labels int64 [n] in 0..k-1 of ``split`` of ``task`` (what ``task_arrays`` returns, without the images)."""
+    idx = _split_index(pool, task, split)
     remap = np.full(len(pool.classes), -1, np.int64)
     remap[task.pool_classes] = np.arange(len(task.pool_classes))
-    # one seed per task, the same for every split: the splits share the domain's parameters
-    return apply_domain(pool.images[idx], task.domain, seed=stable_int(task.task_id) % 2**32), remap[pool.labels[idx]]
+    return remap[pool.labels[idx]]
+
+
+def _split_index(pool: Pool, task: Task, split: str) -> np.ndarray:
+    if pool.name != task.dataset:
+        raise ValueError(f"task {task.task_id} is drawn from {task.dataset}, not from pool {pool.name}")
+    return split_index(task, split)
+
+
+def split_index(task: Task, split: str) -> np.ndarray:
+    """The pool indices int64 [n] of ``split`` ("train", "test" or "fresh") of ``task``."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
+    return {"train": task.train_idx, "test": task.test_idx, "fresh": task.fresh_idx}[split]
 
 
 INDEX_COLUMNS = ["task_id", "dataset", "domain", "style", "n_classes", "classes", "n_train", "n_test", "n_fresh"]

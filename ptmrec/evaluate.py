@@ -163,6 +163,13 @@ def summarize(table: pd.DataFrame, spread: pd.DataFrame | None = None) -> pd.Dat
     return out.sort_values("weighted_tau", ascending=False)
 
 
+def against(pred: pd.DataFrame, folds: list[Fold], truth: pd.DataFrame, k: int) -> pd.DataFrame:
+    """Every method's summary on the lists of ``folds`` judged by another ground truth ``truth`` (task_id,
+    model_id, accuracy: fine-tuning, say); only the tasks it measured count (``lists`` says how many)."""
+    table, spread = collapse_seeds(score_lists(pred[pred.fold.isin({f.name for f in folds})], truth, k))
+    return summarize(table, spread)
+
+
 def frontier(summary: pd.DataFrame, n_models: int, estimators: Iterable[str], method: str = "ranker") -> pd.DataFrame:
     """The cost-quality frontier: one row per (method, k) with forward passes, seconds per recommendation, both
     weighted taus, top-1 regret and tasks. The ranker at k = 0 (tokens only) and with k probed models per

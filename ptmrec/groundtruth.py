@@ -98,49 +98,59 @@ def _measurements(task, seed: int, gp: GroundTruthParams, has_fresh: bool) -> li
     return todo
 
 
-def evaluate_model(model_ref: str | Path, pools: dict, tasks: list, gp: GroundTruthParams,
-                   seed: int) -> pd.DataFrame:
-    """Every method, seed and test split of ``gp`` for one model on every task: one row per measurement."""
-    from .data import task_arrays
-    from .zoo import embed_images, load_model
+def evaluate_model(model_ref: str | Path, model_id: str, pools: dict, tasks: list, gp: GroundTruthParams,
+                   seed: int, store: Path) -> pd.DataFrame:
+    """Every method, seed and test split of ``gp`` for one model on every task: one row per measurement.
 
-    model, cfg = load_model(model_ref)
-    rows = []
+    The linear probe reads the model's features from the feature store in the folder ``store``
+    (computed there first if missing: ``ptmrec.features``); its seconds are the probe's own plus the
+    forward seconds the store charges to the task's training and test images. Fine-tuning loads the model.
+    """
+    from .data import task_arrays, task_labels
+    from .features import model_store
+    from .zoo import load_model
+
+    fs = model_store(store, model_id, model_ref, pools, tasks, gp.batch_size)
     tuned = finetune_subset(tasks, gp.finetune_tasks)
+    model = cfg = None
+    rows = []
     for task in tasks:
         pool = pools[task.dataset]
-        xtr, ytr = task_arrays(pool, task, "train")
-        tests = {s: task_arrays(pool, task, s) for s in ("test", "fresh")}
-        t0 = time.perf_counter()
-        ftr = embed_images(model, xtr, cfg["image_size"], gp.batch_size)  # [n, D]
-        feats = {s: embed_images(model, x, cfg["image_size"], gp.batch_size) for s, (x, _) in tests.items()}  # [m, D]
-        t_embed = time.perf_counter() - t0
+        ytr = task_labels(pool, task, "train")
+        ftr = fs.features(task, "train")  # float32 [n, D]
+        tests = {s: (fs.features(task, s), task_labels(pool, task, s)) for s in ("test", "fresh")}  # [m, D], [m]
         for method, s, split in _measurements(task, seed, gp, len(tests["fresh"][1]) > 0):
             if method == "finetune" and task.task_id not in tuned:
                 continue
             idx = np.arange(len(ytr)) if s == seed else bootstrap(ytr, s)
-            (xte, yte), fte = tests[split], feats[split]
+            fte, yte = tests[split]
             t0 = time.perf_counter()
             if method == "linear_probe":
                 acc = linear_probe(ftr[idx], ytr[idx], fte, yte, gp.probe_l2, gp.probe_steps)
-                secs = time.perf_counter() - t0 + t_embed
+                secs = time.perf_counter() - t0 + fs.seconds(task, "train") + fs.seconds(task, split)
             else:
+                if model is None:
+                    model, cfg = load_model(model_ref)
+                xtr, _ = task_arrays(pool, task, "train")
+                xte, _ = task_arrays(pool, task, split)
                 acc = finetune(model, xtr[idx], ytr[idx], xte, yte, cfg["image_size"], gp, s)
                 secs = time.perf_counter() - t0
-            rows.append(dict(model_id=cfg["model_id"], task_id=task.task_id, method=method, seed=s, split=split,
+            rows.append(dict(model_id=model_id, task_id=task.task_id, method=method, seed=s, split=split,
                              accuracy=acc, chance=1.0 / len(task.classes), seconds=round(secs, 4)))
     return pd.DataFrame(rows)
 
 
 def run_groundtruth(zoo_index: pd.DataFrame, zoo_dir: Path, pools: dict, tasks: list, gp: GroundTruthParams,
-                    seed: int, parts: Path,
+                    seed: int, parts: Path, store: Path,
                     progress: Callable[[Iterable], Iterable] = iter) -> pd.DataFrame:
     """Measure every model in ``zoo_index`` on every task; resumes from the folder ``parts``.
 
     Each model's rows are written atomically to parts/<model_id>.csv as soon as they are
-    measured, so a killed run redoes at most the model it was on.
+    measured, so a killed run redoes at most the model it was on; its features go to the store
+    folder ``store`` first (one forward pass per model and image), where stage 05 reads them.
     """
-    frames = [resume(parts / f"{row.model_id}.csv", lambda: evaluate_model(Path(zoo_dir) / row.path, pools, tasks, gp, seed),
+    frames = [resume(parts / f"{row.model_id}.csv",
+                     lambda: evaluate_model(Path(zoo_dir) / row.path, row.model_id, pools, tasks, gp, seed, store),
                      pd.read_csv, write_csv)
               for row in progress(list(zoo_index.itertuples()))]
     return pd.concat(frames, ignore_index=True)

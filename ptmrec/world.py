@@ -24,10 +24,12 @@ def source_pools(P: Params, progress: Callable[[Iterable], Iterable] = iter) -> 
 
 def target_tasks(P: Params, progress: Callable[[Iterable], Iterable] = iter) -> tuple[dict, list]:
     """Target-role pools and the tasks sampled from them (never a source task: the roles are disjoint)."""
-    from .data import load_pool, sample_tasks, split_sizes
+    from .data import dataset_info, load_pool, sample_tasks, split_sizes
 
-    # twice a task's images per class: room for distinct class subsets and for the fresh test split
-    pools = {n: load_pool(n, "target", P.tasks.image_size, 2 * sum(split_sizes(P.tasks, n)), P.run.seed, P.data)
+    # twice a task's images per class: room for distinct class subsets and for the fresh test split; four times
+    # that where the data has styles, so that one style (a theme, a deck) still holds a task's images of a class
+    pools = {n: load_pool(n, "target", P.tasks.image_size, 2 * sum(split_sizes(P.tasks, n)) * (4 if dataset_info(n)["styles"] else 1),
+                          P.run.seed, P.data)
              for n in progress(list(P.tasks.datasets))}
     return pools, sample_tasks(pools, P.tasks.datasets, P.tasks, P.run.seed)
 

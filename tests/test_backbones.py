@@ -273,11 +273,15 @@ def test_zoo_refuses_unknown_bases_before_work(tmp_path):
     assert not any(tmp_path.iterdir())
 
 
-def test_default_world_keeps_its_models_and_adds_the_bases():
+def test_default_world_is_a_hub_of_bases_with_fine_tunes_and_scratch_models_on_twelve_sources():
     from ptmrec import params
 
-    ids = [s["model_id"] for s in zoo.zoo_plan(params.load("params/default.yaml").zoo)]
-    assert len(ids) == 43 + len(B.list_backbones()) and len(set(ids)) == len(ids)
+    plan = zoo.zoo_plan(params.load("params/default.yaml").zoo)
+    ids = [s["model_id"] for s in plan]
+    assert len(ids) >= 60 and len(set(ids)) == len(ids)
+    assert len({s["source"] for s in plan if s["kind"] == "scratch"}) >= 12
+    tuned = {s["base"] for s in plan if s["kind"] == "backbone_ft"}
+    assert set(B.list_backbones()) <= tuned  # every real base beyond Lite has a fine-tuned descendant
     assert {"efficientnet_lite0-imagenet", "efficientnet_lite0-ft-fmnist", "mobilenet_v2-imagenet",
             "resnet50_thin-nsfw", "mobilenet_v2_keras-dog-breeds", "efficientnet_b0-real-vs-drawn"} <= set(ids)
     lite = zoo.zoo_plan(ZooParams(families=[], backbones=[], finetune={"efficientnet_lite1": ["fmnist"]}))

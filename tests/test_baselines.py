@@ -76,10 +76,10 @@ def test_run_baselines_resumes_from_parts_and_rejects_unknown_scorers(tmp_path):
     planted = pd.DataFrame([dict(model_id="done", task_id="t", scorer="logme", score=1.5, seconds=0.1,
                                  forward_seconds=0.2, n=10, dim=4, classes=2, error="")])
     planted.to_csv(tmp_path / "done.csv", index=False)
-    out = baselines.run_baselines(zoo, tmp_path, {}, [], ["logme"], 8, tmp_path)  # loads nothing: part exists
+    out = baselines.run_baselines(zoo, tmp_path, {}, [], ["logme"], tmp_path)  # loads nothing: part exists
     assert out.score.tolist() == [1.5] and out.error.tolist() == [""]
     with pytest.raises(ValueError, match="unknown \\['lgome'\\]"):
-        baselines.run_baselines(zoo, tmp_path, {}, [], ["lgome"], 8, tmp_path)
+        baselines.run_baselines(zoo, tmp_path, {}, [], ["lgome"], tmp_path)
 
 
 @pytest.mark.slow

@@ -216,7 +216,7 @@ def pools():
 
 
 def test_sample_tasks(pools):
-    params = TasksParams(min_classes=2, max_classes=4, train_per_class=10, test_per_class=15)
+    params = TasksParams(min_classes=2, max_classes=4, train_per_class=10, test_per_class=15, sizes={})
     counts = {"fmnist": 6, "digits": 3, "glyphs": 4}
     tasks = D.sample_tasks(pools, counts, params, seed=0)
     assert {d: sum(t.dataset == d for t in tasks) for d in counts} == counts
@@ -239,13 +239,13 @@ def test_sample_tasks(pools):
 
 
 def test_sample_tasks_names_a_pool_too_small(pools):
-    params = TasksParams(train_per_class=50, test_per_class=30)
+    params = TasksParams(train_per_class=50, test_per_class=30, sizes={})
     with pytest.raises(ValueError, match=r"digits: a task needs 2 classes with 80 images each.*0: 60"):
         D.sample_tasks(pools, {"digits": 1}, params, seed=0)
 
 
 def test_save_and_load_tasks(pools, tmp_path):
-    tasks = D.sample_tasks(pools, {"fmnist": 3, "glyphs": 2}, TasksParams(train_per_class=5, test_per_class=5), seed=0)
+    tasks = D.sample_tasks(pools, {"fmnist": 3, "glyphs": 2}, TasksParams(train_per_class=5, test_per_class=5, sizes={}), seed=0)
     D.save_tasks(tmp_path / "tasks", pools, tasks)
     assert sorted(p.name for p in (tmp_path / "tasks" / "pools").iterdir()) == ["fmnist.npz", "glyphs.npz"]
     header = (tmp_path / "tasks" / "index.csv").read_text().splitlines()[0]
@@ -339,6 +339,20 @@ def test_per_dataset_sizes_override_the_defaults():
     tp = TasksParams(train_per_class=5, test_per_class=5, sizes={"emojiish": [12, 4]})
     (task,) = D.sample_tasks({"emojiish": pool}, {"emojiish": 1}, tp, seed=0)
     assert len(task.train_idx) == 12 * len(task.classes) and len(task.test_idx) == 4 * len(task.classes)
+
+
+def test_the_default_world_spans_sixteen_datasets_and_says_where_each_comes_from():
+    """Every default target dataset names its package, licence and domain (the dataset table of stage 00 prints
+    them), the world spans at least 16 datasets in 8 domains with 150 tasks, 6 per dataset, and no
+    non-commercially licensed dataset is in it unless switched on."""
+    tp = TasksParams()
+    info = {n: D.dataset_info(n) for n in tp.datasets}
+    missing = {n: [k for k in ("package", "licence", "domain") if not i[k]] for n, i in info.items()}
+    assert not {n: m for n, m in missing.items() if m}, f"datasets without their provenance: {missing}"
+    assert len(tp.datasets) >= 16 and len({i["domain"] for i in info.values()}) >= 8
+    assert sum(tp.datasets.values()) >= 150 and min(tp.datasets.values()) >= 6
+    assert all(i["commercial"] for i in info.values()) and D.dataset_info("solar-cells")["commercial"] is False
+    assert set(tp.sizes) <= set(tp.datasets)  # a size for a dataset the world does not draw from is a typo
 
 
 def test_one_duplicate_policy_for_every_registry():

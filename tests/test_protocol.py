@@ -167,6 +167,23 @@ def test_collapse_seeds_and_paired_test():
     assert test["mean_diff"] == pytest.approx(0.3) and test["p_value"] < 0.01 and test["n"] == 8
 
 
+def test_against_judges_by_another_truth_on_the_tasks_it_measured_only():
+    """Stage 07's second target: a method that follows the fine-tuning ranking scores 1 there even where it
+    opposes the probe's; tasks fine-tuning did not measure and folds of the other kind do not count."""
+    models = [f"m{i}" for i in range(5)]
+    probe = pd.DataFrame([dict(task_id=t, model_id=m, accuracy=i / 10) for t in ("t0", "t1") for i, m in enumerate(models)])
+    tuned = pd.DataFrame([dict(task_id="t0", model_id=m, accuracy=1 - i / 10) for i, m in enumerate(models)])
+    pred = pd.DataFrame([dict(method=name, fold=fold, task_id=t, model_id=m, score=sign * i, seconds=0.0)
+                         for name, sign in (("follows_probe#s0", 1), ("follows_probe#s1", 1), ("follows_finetune", -1))
+                         for fold in ("d", "d/m0") for t in ("t0", "t1") for i, m in enumerate(models)])
+    folds = [protocol.Fold("d", "d", [], ["t0", "t1"], np.arange(0), np.arange(5))]
+    ft = E.against(pred, folds, tuned, k=2)
+    assert ft.loc["follows_finetune", "weighted_tau"] == pytest.approx(1.0)
+    assert ft.loc["follows_probe", "weighted_tau"] == pytest.approx(-1.0)  # seeds collapsed into one method
+    assert (ft.lists == 1).all()  # t1 has no fine-tuning truth; the "d/m0" fold is another kind
+    assert E.against(pred, folds, probe, k=2).loc["follows_probe", "lists"] == 2
+
+
 def test_saturation_counts_ties_and_d_over_n():
     rows = [dict(scorer="hscore", task_id=t, model_id=m, score=1.0, n=10, dim=64) for t in "ab" for m in "xyz"]
     rows += [dict(scorer="logme", task_id=t, model_id=m, score=s, n=100, dim=64)

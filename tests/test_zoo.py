@@ -205,7 +205,7 @@ def test_save_is_atomic(tmp_path, monkeypatch):
 def test_build_zoo_writes_index_and_resumes(tmp_path):
     pools = {"s1": synth_pool("s1", k=2, per_class=12), "s2": synth_pool("s2", k=3, per_class=10, seed=1)}
     zp = ZooParams(families=["simplecnn", "mlpmixer"], sources=["s1", "s2"], widths=[8], epochs=1, batch_size=8,
-                   lite_variants=[], lite_finetune={}, backbones=[])
+                   lite_variants=[], lite_finetune={}, backbones=[], finetune={})
     seen = []
     df = zoo.build_zoo(zp, pools, tmp_path, seed=0, progress=lambda it: (seen.append(1) or x for x in it))
     assert len(seen) == 4 and sorted(df.attrs["built"]) == sorted(df.model_id)
@@ -265,7 +265,7 @@ def test_hf_models_get_the_zoo_face(tmp_path):
 def test_build_zoo_rebuilds_what_changed(tmp_path):
     pools = {"s1": synth_pool("s1", k=2, per_class=12)}
     zp = ZooParams(families=["resnet"], sources=["s1"], widths=[8], epochs=1, batch_size=8, lite_variants=[],
-                   lite_finetune={}, backbones=[])
+                   lite_finetune={}, backbones=[], finetune={})
     zoo.build_zoo(zp, pools, tmp_path, seed=0)
     assert zoo.build_zoo(zp, pools, tmp_path, seed=0).attrs["built"] == []
     assert zoo.build_zoo(dataclasses.replace(zp, epochs=2), pools, tmp_path, seed=0).attrs["built"] == ["resnet-w8-s1"]
