@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/pipeline_budget.py params/smoke.yaml
     .venv/bin/python benchmarks/pipeline_budget.py params/default.yaml      # cold, then a re-run
-    .venv/bin/python benchmarks/pipeline_budget.py --run runs/default       # the stage seconds of a finished run
+    .venv/bin/python benchmarks/pipeline_budget.py --run runs/default [--note TEXT]   # a finished run's figures
 
 Writes benchmarks/results/<set>.json: wall seconds of the cold run and of the re-run (not with ``--run``),
 the seconds each stage recorded, the world's size, and the feature store's throughput: images per
@@ -60,9 +60,9 @@ def summary(run: Path) -> dict:
                 date=time.strftime("%Y-%m-%d %H:%M"))
 
 
-def main(params: str | None, run: Path | None = None) -> dict:
-    if run is not None:
-        result = dict(run=str(run), **summary(run))
+def main(params: str | None, run: Path | None = None, note: str = "") -> dict:
+    if run is not None:  # how the run was made (shards beside the notebooks, overrides) goes in the note
+        result = dict(run=str(run), note=note, **summary(run))
         name = run.name
     else:
         runs = Path(tempfile.mkdtemp(prefix="ptmrec-bench-"))
@@ -79,7 +79,7 @@ def main(params: str | None, run: Path | None = None) -> dict:
 
 if __name__ == "__main__":
     args = sys.argv[1:]
-    if args[:1] == ["--run"] and len(args) == 2:
-        print(json.dumps(main(None, Path(args[1])), indent=2))
+    if args[:1] == ["--run"] and len(args) in (2, 4) and args[2:3] in ([], ["--note"]):
+        print(json.dumps(main(None, Path(args[1]), " ".join(args[3:])), indent=2))
     else:
         print(json.dumps(main(args[0] if args else "params/smoke.yaml"), indent=2))

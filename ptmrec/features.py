@@ -3,8 +3,8 @@
 For each model, the pooled features (and, where the model has one, its source head's logits) of
 every image that any target task uses are computed once and saved as float16 in
 ``<store>/<model_id>.npz`` (atomic, one file per model, so a killed or sharded run resumes like
-the ground truth's parts). The ground truth's linear probe, the estimators of stage 05 and the
-ranker's evidence features all read this store instead of running the model again.
+the ground truth's parts). The ground truth's linear probe and the estimators of stage 05 (whose
+scores are the ranker's evidence) read this store instead of running the model again.
 
 Images are grouped into *image sets*, one forward pass each:
 
@@ -138,8 +138,8 @@ def store_path(folder: Path, model_id: str) -> Path:
 def model_store(folder: Path, model_id: str, model_ref: str | Path, pools: dict, tasks: list, batch_size: int,
                 device: str = "cpu") -> Store:
     """The store of one model: read from ``folder``, else computed once and written there (atomically)."""
-    return Store(resume(store_path(folder, model_id), lambda: compute_store(model_ref, image_sets(pools, tasks), batch_size, device),
-                        _read, lambda p, a: write_npz(p, **a)))
+    compute = lambda: compute_store(model_ref, image_sets(pools, tasks), batch_size, device)  # noqa: E731
+    return Store(resume(store_path(folder, model_id), compute, _read, lambda p, a: write_npz(p, **a)))
 
 
 def load_store(folder: Path, model_id: str) -> Store:

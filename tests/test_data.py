@@ -374,6 +374,9 @@ def test_one_duplicate_policy_for_every_registry():
     assert reg.list("*") == ["a"] and reg.list("b*") == []
     with pytest.raises(KeyError, match="unknown thing 'b'; registered: a"):
         reg.get("b")
+    from ptmrec import autoencoder, ranker  # noqa: F401  (importing a model's module registers its trainer)
+
+    D.list_datasets()  # the loader modules register their datasets when first listed
     for r in (D.DATASETS, extract.EXTRACTORS, encoders.ENCODERS, nets.FAMILIES, transferability.SCORERS,
               train.TRAINERS, report.TABLES, pipeline.STAGES, pipeline.SHARDERS):
         assert isinstance(r, Registry) and len(r) > 0
