@@ -354,8 +354,13 @@ def _font_files(data: DataParams) -> list[str]:
         return list(data.glyph_fonts)
     import matplotlib
 
-    dirs = [Path(matplotlib.get_data_path()) / "fonts" / "ttf", *FONT_DIRS]
-    return sorted(str(p) for d in dirs if d.is_dir() for p in d.rglob("*") if p.suffix.lower() in (".ttf", ".otf"))
+    def fonts_in(*dirs: Path) -> list[str]:
+        return sorted(str(p) for d in dirs if d.is_dir() for p in d.rglob("*") if p.suffix.lower() in (".ttf", ".otf"))
+
+    # matplotlib's own fonts first, then the system's: where both hold a file (DejaVuSans.ttf), glyph_fonts keeps
+    # the first, and the order must not depend on where the virtual environment lives (sorting all paths together
+    # put /work/.venv after /usr/share/fonts but /tmp/.venv before it: other glyphs, another zoo)
+    return fonts_in(Path(matplotlib.get_data_path()) / "fonts" / "ttf") + fonts_in(*FONT_DIRS)
 
 
 def glyph_fonts(role: str, data: DataParams | None = None) -> list[GlyphFont]:

@@ -355,6 +355,20 @@ def test_the_default_world_spans_sixteen_datasets_and_says_where_each_comes_from
     assert set(tp.sizes) <= set(tp.datasets)  # a size for a dataset the world does not draw from is a typo
 
 
+def test_font_order_does_not_depend_on_where_matplotlib_is_installed(tmp_path, monkeypatch):
+    """matplotlib's copy of a font comes before the system's wherever the virtual environment lives: sorting every
+    path together once put /work/.venv after /usr/share/fonts and /tmp/.venv before it (other glyphs on CI)."""
+    import matplotlib
+
+    for d in ("a-system", "z-venv/fonts/ttf"):
+        (tmp_path / d).mkdir(parents=True)
+        (tmp_path / d / "DejaVuSans.ttf").write_bytes(b"")
+    monkeypatch.setattr(O, "FONT_DIRS", (tmp_path / "a-system",))
+    monkeypatch.setattr(matplotlib, "get_data_path", lambda: str(tmp_path / "z-venv"))
+    assert O._font_files(DataParams()) == [str(tmp_path / "z-venv/fonts/ttf/DejaVuSans.ttf"),
+                                           str(tmp_path / "a-system/DejaVuSans.ttf")]
+
+
 def test_one_duplicate_policy_for_every_registry():
     """The same definition again replaces itself (a cell run twice); another under a taken name fails, naming both."""
     from ptmrec import encoders, extract, nets, pipeline, report, train, transferability

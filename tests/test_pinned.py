@@ -2,10 +2,12 @@
 
 ``tests/smoke_figures.json`` holds checksums of what stages 00-07 compute on params/smoke.yaml (one torch
 thread, so a run repeats bit for bit on one machine; timings and stage 08 are left out), and the machine they
-were computed on. Training the smoke zoo from scratch is chaotic in float rounding: another CPU (another vector
-width in torch's or MKL's kernels) trains other models, and every figure downstream of stage 00 moves (CI saw
-the summed source accuracy go 1.069 -> 1.088 and popularity's tau 0.27 -> 0.09). So on the pinning machine
-every figure must match; on any other, only those that no trained zoo model touches. A change that moves
+were computed on. Training the smoke zoo from scratch is chaotic: the least change of its data or of float
+rounding trains other models, and every figure downstream of stage 00 moves. (CI once saw the summed source
+accuracy go 1.069 -> 1.088 and popularity's tau 0.27 -> 0.09; the cause was not the CPU but the order of the
+font files, which depended on where the virtual environment lived: ptmrec.offline now lists matplotlib's
+fonts first wherever it is installed.) So on the pinning machine every figure must match; on any other,
+whose kernels may round differently, only those that no trained zoo model touches. A change that moves
 them on purpose re-pins them, and its commit says why:
 
     .venv/bin/python tests/test_pinned.py runs/smoke > tests/smoke_figures.json
