@@ -87,9 +87,9 @@ def score_model(model_id: str, store: Path, pools: dict, tasks: list, scorers: l
     for task in tasks:
         feats, logits = fs.features(task, "train"), fs.logits(task, "train")  # float32 [N, D], [N, C_s] | None
         y = task_labels(pools[task.dataset], task, "train")  # int [N]
-        for r in score_pair(feats, y, logits, scorers):
-            rows.append(dict(model_id=model_id, task_id=task.task_id, forward_seconds=fs.seconds(task, "train"),
-                             n=len(y), dim=feats.shape[1], classes=len(np.unique(y)), **r))
+        pair = dict(model_id=model_id, task_id=task.task_id, forward_seconds=fs.seconds(task, "train"), n=len(y),
+                    dim=feats.shape[1], classes=len(np.unique(y)))  # what every scorer's row shares
+        rows += [dict(**pair, **r) for r in score_pair(feats, y, logits, scorers)]
     return pd.DataFrame(rows, columns=COLUMNS)
 
 

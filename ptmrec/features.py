@@ -99,13 +99,13 @@ class Store:
         self.model_id = str(arrays["model_id"])
 
     def _rows(self, task, split: str) -> tuple[str, np.ndarray]:
-        key = set_key(task, split)
-        if len(split_index(task, split)) == 0:  # an empty split (no fresh test images): no rows of any set
+        key, want = set_key(task, split), split_index(task, split)
+        if len(want) == 0:  # an empty split (no fresh test images): no rows of any set
             return next(k[:-4] for k in self.arrays if k.endswith("|idx")), np.zeros(0, np.int64)
         if f"{key}|idx" not in self.arrays:
             raise KeyError(f"model {self.model_id}: the feature store has no image set {key} (task {task.task_id}); "
                            "it was computed for other tasks: rerun stage 01")
-        have, want = self.arrays[f"{key}|idx"], split_index(task, split)
+        have = self.arrays[f"{key}|idx"]
         if task.domain != "plain":
             return key, np.arange(len(want))
         rows = np.searchsorted(have, want)
