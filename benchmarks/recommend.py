@@ -69,7 +69,7 @@ def write_folder(run: Path, n_images: int, seed: int = 0) -> tuple[Path, np.ndar
 def forward_baseline(run: Path, images: np.ndarray, labels: np.ndarray) -> dict:
     """Seconds of one feature forward pass per zoo model, plus the fastest stage-05 scorer on them."""
     from ptmrec import transferability as T
-    from ptmrec.baselines import forward
+    from ptmrec.features import forward
     from ptmrec.zoo import load_model
 
     zoo = pd.read_csv(run / "00_zoo_and_tasks" / "zoo" / "index.csv")

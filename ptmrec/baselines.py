@@ -5,7 +5,7 @@ layer, as in the ground-truth probe) and, where the model has a source head, its
 come from the feature store of stage 01 (``ptmrec.features``: the model ran once on every image);
 then every scorer of ``ptmrec.transferability`` runs on them. Each row of the tidy table records
 the score and the seconds of the scorer call, beside the forward seconds the store charges to the
-split. ``forward`` is the same pass on images outside the store (``ptmrec recommend --probe``).
+split (``features.forward`` is that pass, also on images outside the store: ``ptmrec recommend --probe``).
 
 A scorer that cannot score a pair (no source head for LEEP/NCE, degenerate features) gives a
 row in ``skipped.csv`` with the reason, never a NaN in ``scores.csv``. Work is saved one CSV
@@ -19,34 +19,17 @@ for training and on stage 04, so they are scored per fold in ``ptmrec.evaluate``
 """
 from __future__ import annotations
 
-import time
 import zlib
 from pathlib import Path
 from typing import Callable, Iterable
 
 import numpy as np
 import pandas as pd
-import torch
 
 from . import transferability as T
 from .paths import resume, write_csv
 
 COLUMNS = ["model_id", "task_id", "scorer", "score", "seconds", "forward_seconds", "n", "dim", "classes", "error"]
-
-
-def forward(model: torch.nn.Module, image_size: int, images: np.ndarray, batch_size: int,
-            device: str) -> tuple[np.ndarray, np.ndarray | None, float]:
-    """One forward pass: features [N, D], source logits [N, C_s] (None without a head), seconds."""
-    from .zoo import embed_images
-
-    t0 = time.perf_counter()
-    feats = embed_images(model, images, image_size, batch_size, device)  # [N, D]
-    head = getattr(model, "head", None)
-    logits = None
-    if isinstance(head, torch.nn.Module):
-        with torch.inference_mode():  # the head on the pooled features = the model's own logits
-            logits = head.to(device)(torch.from_numpy(feats).to(device)).float().cpu().numpy()  # [N, C_s]
-    return feats, logits, time.perf_counter() - t0
 
 
 def score_pair(feats: np.ndarray, labels: np.ndarray, logits: np.ndarray | None,

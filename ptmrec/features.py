@@ -55,29 +55,40 @@ def image_sets(pools: dict, tasks: list) -> dict[str, tuple[np.ndarray, Callable
     return dict(sorted(sets.items()))
 
 
+def forward(model, image_size: int, images: np.ndarray, batch_size: int,
+            device: str = "cpu") -> tuple[np.ndarray, np.ndarray | None, float]:
+    """One forward pass of uint8 images [N, S, S, 3]: features float32 [N, D], source logits [N, C_s] (None without
+    a head: the head applied to the pooled features, no second pass), seconds."""
+    import torch
+
+    from .zoo import embed_images
+
+    t0 = time.perf_counter()
+    feats = embed_images(model, images, image_size, batch_size, device)  # [N, D]
+    head = getattr(model, "head", None)
+    logits = None
+    if isinstance(head, torch.nn.Module):
+        with torch.inference_mode():  # the head on the pooled features = the model's own logits
+            logits = head.to(device)(torch.from_numpy(feats).to(device)).float().cpu().numpy()  # [N, C_s]
+    return feats, logits, time.perf_counter() - t0
+
+
 def compute_store(model_ref: str | Path, sets: dict, batch_size: int, device: str = "cpu") -> dict[str, np.ndarray]:
     """One model's forward pass over every image set: the arrays of its store file.
 
     Keys: ``model_id``; per set ``<key>|idx`` int64 [n], ``<key>|features`` float16 [n, D],
     ``<key>|logits`` float16 [n, C_s] (only for a model with a source head), ``<key>|seconds`` float64 [].
     """
-    import torch
-
-    from .zoo import embed_images, load_model
+    from .zoo import load_model
 
     model, cfg = load_model(model_ref, device)
-    head = getattr(model, "head", None)
     out: dict[str, np.ndarray] = {"model_id": np.array(cfg["model_id"])}
     for key, (idx, images) in sets.items():
-        x = images()  # uint8 [n, S, S, 3]: decoding and domain shift are not the model's cost
-        t0 = time.perf_counter()
-        f = embed_images(model, x, cfg["image_size"], batch_size, device)  # float32 [n, D]
-        arrays = {"features": f}
-        if isinstance(head, torch.nn.Module):
-            with torch.inference_mode():  # the head on the pooled features = the model's own logits
-                arrays["logits"] = head.to(device)(torch.from_numpy(f).to(device)).float().cpu().numpy()  # [n, C_s]
-        out[f"{key}|seconds"] = np.float64(time.perf_counter() - t0)
-        for name, a in arrays.items():
+        # decoding and domain shift (images()) are not the model's cost: outside the timed pass
+        f, logits, out[f"{key}|seconds"] = forward(model, cfg["image_size"], images(), batch_size, device)
+        for name, a in (("features", f), ("logits", logits)):
+            if a is None:
+                continue
             if np.abs(a).max(initial=0.0) > FLOAT16_MAX:
                 raise ValueError(f"model {cfg['model_id']}: {name} of image set {key} exceed float16's range "
                                  f"(max |x| = {np.abs(a).max():.3g}); the store cannot hold them")

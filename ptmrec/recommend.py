@@ -232,7 +232,8 @@ def probe_models(run: Path, P: Any, cfg: dict[str, Any], zoo: pd.DataFrame, imag
     load, forward pass and estimators; {model: why} for models that failed, whose rows stay NaN). The images
     are ``tasks.train_per_class`` per class at ``tasks.image_size``, as stage 05 scores a task's training
     split; a class with fewer than two images is a RecommendError naming it."""
-    from .baselines import forward, score_pair
+    from .baselines import score_pair
+    from .features import forward
     from .pools import load_image_folder
     from .zoo import load_model
 

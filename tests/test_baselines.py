@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 import torch
 
-from ptmrec import baselines
+from ptmrec import baselines, features
 from ptmrec.nets import FAMILIES
 from ptmrec.transferability import list_scorers
 from ptmrec.zoo import logits_images
@@ -18,7 +18,7 @@ def test_forward_gives_the_models_own_logits_from_one_pass():
     torch.manual_seed(0)
     model = FAMILIES["simplecnn"](width=8, num_classes=5, image_size=32)
     x = _images(12)
-    feats, logits, secs = baselines.forward(model, 32, x, batch_size=5, device="cpu")
+    feats, logits, secs = features.forward(model, 32, x, batch_size=5, device="cpu")
     assert feats.shape[0] == 12 and logits.shape == (12, 5)
     np.testing.assert_allclose(logits, logits_images(model, x, 32, batch_size=7), rtol=1e-5, atol=1e-5)
 
@@ -36,14 +36,14 @@ def test_forward_seconds_cover_the_pass(monkeypatch):
 
     monkeypatch.setattr(zoo, "embed_images", slow)
     model = FAMILIES["simplecnn"](width=8, num_classes=5, image_size=32)
-    _, _, secs = baselines.forward(model, 32, _images(4), 4, "cpu")
+    _, _, secs = features.forward(model, 32, _images(4), 4, "cpu")
     assert 0.05 <= secs < 30
 
 
 def test_forward_without_head_gives_no_logits():
     model = FAMILIES["simplecnn"](width=8, num_classes=5, image_size=32)
     model.head = None
-    _, logits, _ = baselines.forward(model, 32, _images(4), 4, "cpu")
+    _, logits, _ = features.forward(model, 32, _images(4), 4, "cpu")
     assert logits is None
 
 
