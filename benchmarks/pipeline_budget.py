@@ -51,9 +51,11 @@ def store_throughput(run: Path) -> dict:
 
 def summary(run: Path) -> dict:
     """Stage seconds, world size and feature-store throughput of a finished (or partly finished) run."""
-    stages = {p.parent.name: json.loads(p.read_text())["seconds"] for p in sorted(run.glob("*/_stage.json"))}
+    marks = {p.parent.name: json.loads(p.read_text()) for p in sorted(run.glob("*/_stage.json"))}
+    # wall_seconds: the driver's clock, shard processes included; seconds: the notebook's own
+    stages = {name: m.get("wall_seconds", m["seconds"]) for name, m in marks.items()}
     world = json.loads((run / "00_zoo_and_tasks" / "metrics.json").read_text())
-    return dict(stage_seconds=stages, stages_total_seconds=round(sum(stages.values()), 1),
+    return dict(stage_seconds=stages, jobs={name: m.get("jobs", 1) for name, m in marks.items()}, stages_total_seconds=round(sum(stages.values()), 1),
                 world={k: world.get(k) for k in ("n_models", "n_tasks", "n_datasets", "n_sources", "n_families")},
                 feature_store=store_throughput(run),
                 machine=f"{platform.node()} {platform.processor() or platform.machine()}, {os.cpu_count()} cores",

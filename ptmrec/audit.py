@@ -37,6 +37,16 @@ def seen(component: str, tasks: Iterable[str] = (), models: Iterable[str] = ()) 
         _records.append(Record(component, _fold, frozenset(map(str, tasks)), frozenset(map(str, models))))
 
 
+def is_recording() -> bool:
+    return _records is not None
+
+
+def extend(records: Iterable[Record]) -> None:
+    """Keep records made elsewhere (a worker process of ``protocol.ranker_predictions``) as if made here."""
+    if _records is not None:
+        _records.extend(records)
+
+
 @contextmanager
 def recording() -> Iterator[list[Record]]:
     """Collect every ``seen`` call of the block into the yielded list."""

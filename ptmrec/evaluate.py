@@ -14,6 +14,7 @@ import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from concurrent.futures import Executor
 from typing import Any, Callable, Iterable
 
 import numpy as np
@@ -21,7 +22,7 @@ import pandas as pd
 
 from . import metrics
 from .params import Params, RankerParams
-from .protocol import (Fold, dataset_folds, make_folds, ranker_predictions, refit_tokens, restrict,
+from .protocol import (Fold, dataset_folds, make_folds, ranker_predictions, refit_tokens, restrict, worker_pool,
                        stacking_predictions, static_priors)
 from .ranker import RankingData
 from .registry import Registry
@@ -235,25 +236,27 @@ class Evaluation:
 
 def learned_predictions(data: RankingData, P: Params, variants: dict[str, RankingData], zoo: pd.DataFrame,
                         vectors: np.ndarray | None, out_dir: Path,
-                        progress: Callable[[Iterable], Iterable] = iter) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+                        progress: Callable[[Iterable], Iterable] = iter,
+                        pool: Executor | None = None) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     """The ranker (seeds x inner-validated hyperparameters), each ablation (first seed, no choice) on the
-    leave-datasets-out folds, and the ranker on the leave-models-out folds with refitted tokens."""
+    leave-datasets-out folds, and the ranker on the leave-models-out folds with refitted tokens; the folds in
+    the worker processes of ``pool`` (``protocol.worker_pool``) when given."""
     E, seeds = P.evaluate, [P.run.seed + i for i in range(P.evaluate.seeds)]
     ldo = make_folds(data)
     preds, log = ranker_predictions(data, ldo, P.ranker, P.train_ranker, seeds, grid=E.inner_grid, inner_k=E.inner_folds,
-                                    ks=E.probe_ks, progress=progress)
+                                    ks=E.probe_ks, progress=progress, pool=pool)
     parts, logs = [preds], [log]
     if data.evidence is not None:
         parts.append(stacking_predictions(data, ldo))
     for ab in E.ablations:
         rp = ranker_params(P.ranker, ab)
         pred, lg = ranker_predictions(variants[rp.model_tokens], ldo, rp, P.train_ranker, seeds[:1], method=f"ranker:{ab}",
-                                      progress=progress)
+                                      progress=progress, pool=pool)
         parts.append(pred)
         logs.append(lg)
     folds = {"leave_datasets_out": ldo}
     if E.model_folds and vectors is not None:
-        lmo = make_folds(data, zoo, E.model_folds, P.run.seed)
+        lmo = make_folds(data, zoo, E.model_folds, P.run.seed, E.model_dataset_groups)
         cache: dict[str, np.ndarray] = {}
 
         def lmo_tokens(kind: str, d: RankingData) -> Callable[[Fold], np.ndarray] | None:
@@ -276,7 +279,7 @@ def learned_predictions(data: RankingData, P: Params, variants: dict[str, Rankin
 
         kind = P.ranker.model_tokens
         pred, lg = ranker_predictions(data, lmo, P.ranker, P.train_ranker, seeds, tokens_of=lmo_tokens(kind, data),
-                                      ks=E.probe_ks, progress=progress)
+                                      ks=E.probe_ks, progress=progress, pool=pool)
         parts.append(pred)
         logs.append(lg.assign(kind="leave_models_out"))
         for ab in E.ablations:  # the token comparison: behaviour tokens on unseen models too (first seed)
@@ -284,7 +287,7 @@ def learned_predictions(data: RankingData, P: Params, variants: dict[str, Rankin
             if rp.model_tokens in BEHAVIOUR_KINDS and rp.model_tokens != kind:
                 d = variants[rp.model_tokens]
                 pred, lg = ranker_predictions(d, lmo, rp, P.train_ranker, seeds[:1], method=f"ranker:{ab}",
-                                              tokens_of=lmo_tokens(rp.model_tokens, d), progress=progress)
+                                              tokens_of=lmo_tokens(rp.model_tokens, d), progress=progress, pool=pool)
                 parts.append(pred)
                 logs.append(lg.assign(kind="leave_models_out"))
         folds["leave_models_out"] = lmo
@@ -314,16 +317,18 @@ def judge(pred: pd.DataFrame, folds: dict[str, list[Fold]], model_ids: list[str]
 def run_protocol(data: RankingData, P: Params, zoo: pd.DataFrame, scores05: pd.DataFrame, perf: pd.DataFrame,
                  fixed: pd.DataFrame, variants: dict[str, RankingData], vectors: np.ndarray | None, out_dir: Path,
                  encode_seconds: dict[str, float] | None = None,
-                 progress: Callable[[Iterable], Iterable] = iter) -> Evaluation:
+                 progress: Callable[[Iterable], Iterable] = iter, jobs: int = 1) -> Evaluation:
     """Stage 07 end to end (see the module docstring).
 
     ``fixed``: fold-free predictions besides the estimators (``source_similarity``, ``random`` and the truth
     references), scored on every task x model; ``variants``: RankingData per model-token kind the ablations
-    need; ``vectors`` [N, input_dim]: stage-02 vectors in ``data.model_ids`` order (None: no leave-models-out).
+    need; ``vectors`` [N, input_dim]: stage-02 vectors in ``data.model_ids`` order (None: no leave-models-out);
+    ``jobs``: worker processes for the rankers' folds (``protocol.ranker_predictions``).
     """
     from .groundtruth import measured
 
-    pred, training, folds = learned_predictions(data, P, variants, zoo, vectors, out_dir, progress)
+    with worker_pool(jobs) as pool:
+        pred, training, folds = learned_predictions(data, P, variants, zoo, vectors, out_dir, progress, pool)
     pred = pred.assign(seconds=pred.seconds + pred.task_id.map(encode_seconds or {}).fillna(0.0))
     every_fold = [f for fs in folds.values() for f in fs]
     others = pd.concat([baseline_predictions(scores05), fixed], ignore_index=True)

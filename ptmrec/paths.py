@@ -26,6 +26,17 @@ def runs_root() -> Path:
     return Path(os.environ.get("PTMREC_RUNS", REPO / "runs"))
 
 
+def jobs() -> int:
+    """Worker processes for work that splits (shardable stages, stage 07's folds): $PTMREC_JOBS, else the
+    CPUs this process may use. Each worker then runs torch on one thread."""
+    if os.environ.get("PTMREC_JOBS"):
+        n = int(os.environ["PTMREC_JOBS"])
+        if n < 1:
+            raise ValueError(f"PTMREC_JOBS={os.environ['PTMREC_JOBS']}: need a whole number >= 1")
+        return n
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def cache_root(runs: Path | None = None) -> Path:
     """Where decoded datasets and built encoders are kept: $PTMREC_CACHE, else <runs>/_cache.
 

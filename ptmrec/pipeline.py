@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from . import params as params_mod
-from .paths import REPO, read_json, run_dir, stage_dir, write_json, write_text
+from .paths import REPO, jobs, read_json, run_dir, stage_dir, write_json, write_text
 from .registry import Registry
 
 
@@ -286,22 +286,50 @@ def run(params_file: str | Path, force: bool = False, start: str | None = None,
     nb_dir = run_dir(P.name) / "notebooks"
     nb_dir.mkdir(parents=True, exist_ok=True)
     os.environ["PTMREC_PLAIN_PROGRESS"] = "1"  # inherited by the kernels papermill starts
+    n_jobs = jobs()
     for name in select(start, only):
         if not force and is_fresh(P, name):
             print(f"[ptmrec] {name}: up to date, skipped", flush=True)
             continue
-        print(f"[ptmrec] {name}: running {STAGES[name].notebook.relative_to(REPO)}", flush=True)
         t0 = time.time()
+        fresh = force
+        if n_jobs > 1 and name in SHARDERS:
+            if force:  # emptied here, not by the notebook, which must find what the shards computed
+                shutil.rmtree(stage_dir(P.name, name))
+                fresh = False
+            if run_shards(params_file, name, n_jobs) != 0:
+                return 1
+        print(f"[ptmrec] {name}: running {STAGES[name].notebook.relative_to(REPO)}", flush=True)
         out_nb = nb_dir / f"{name}.ipynb"
         try:
-            pm.execute_notebook(STAGES[name].notebook, out_nb, parameters={"params_file": str(params_file), "force": force},
+            pm.execute_notebook(STAGES[name].notebook, out_nb, parameters={"params_file": str(params_file), "force": fresh},
                                 cwd=str(REPO / "notebooks"), log_output=True, progress_bar=False,
                                 kernel_name="python3")
         except pm.PapermillExecutionError as e:
             print(f"[ptmrec] FAILED: notebook {out_nb}, cell {e.exec_count} (index {e.cell_index}): "
                   f"{e.ename}: {e.evalue}", file=sys.stderr, flush=True)
             return 1
-        print(f"[ptmrec] {name}: done in {time.time() - t0:.1f} s", flush=True)
+        wall = round(time.time() - t0, 2)
+        marker = stage_dir(P.name, name) / "_stage.json"
+        write_json(marker, {**read_json(marker), "wall_seconds": wall, "jobs": n_jobs})  # shards included
+        print(f"[ptmrec] {name}: done in {wall:.1f} s", flush=True)
+    return 0
+
+
+def run_shards(params_file: str | Path, name: str, count: int) -> int:
+    """``count`` processes of ``ptmrec shard`` for stage ``name`` side by side, one torch thread each (the
+    stage's notebook then merges their parts); 0 when every shard succeeded, else 1, naming the failed ones."""
+    import subprocess
+
+    print(f"[ptmrec] {name}: {count} shard processes", flush=True)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PTMREC_JOBS": "1"}
+    procs = [subprocess.Popen([sys.executable, "-m", "ptmrec.cli", "shard", str(params_file), name, "--index", str(i),
+                               "--count", str(count)], env=env, cwd=str(REPO)) for i in range(count)]
+    failed = [i for i, p in enumerate(procs) if p.wait() != 0]
+    if failed:
+        print(f"[ptmrec] FAILED: {name}, shard(s) {', '.join(map(str, failed))} of {count} (their output is above); "
+              f"rerun resumes from what the others finished", file=sys.stderr, flush=True)
+        return 1
     return 0
 
 
@@ -331,6 +359,17 @@ def _shard_world(P: params_mod.Params, index: int, count: int) -> tuple[Path, di
     world = run_dir(P.name) / "00_zoo_and_tasks"
     pools, tasks = load_tasks(world / "tasks")
     return world, pools, tasks, shard_rows(pd.read_csv(world / "zoo" / "index.csv"), index, count)
+
+
+@register_sharder("00_zoo_and_tasks")
+def _zoo_shard(P: params_mod.Params, index: int, count: int) -> None:
+    """The shard's models of the zoo plan into 00_zoo_and_tasks/zoo/ (notebook 00 then finds them built)."""
+    from . import world
+    from .progress import progress
+    from .zoo import build_zoo
+
+    build_zoo(P.zoo, world.source_pools(P, progress), work_dir(P, "00_zoo_and_tasks", "zoo"), P.run.seed,
+              progress=progress, shard=(index, count))
 
 
 @register_sharder("01_groundtruth")

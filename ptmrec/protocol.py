@@ -26,9 +26,11 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import time
+from concurrent.futures import Executor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 import pandas as pd
@@ -111,8 +113,28 @@ def dataset_folds(data: RankingData) -> list[tuple[str, list[str], list[str]]]:
             for d in names]
 
 
-def make_folds(data: RankingData, zoo: pd.DataFrame | None = None, model_k: int = 0, seed: int = 0) -> list[Fold]:
-    """Leave-datasets-out folds, crossed with ``model_k`` lineage-grouped model folds when ``model_k`` > 0."""
+def dataset_groups(data: RankingData, k: int) -> list[tuple[str, list[str], list[str]]]:
+    """Like ``dataset_folds`` with the datasets dealt round-robin (sorted) into ``k`` held-out groups (0 or at
+    least as many as there are datasets: one per dataset); a group's name joins its datasets with '+'."""
+    folds = dataset_folds(data)
+    if not k or k >= len(folds):
+        return folds
+    out = []
+    for part in (folds[i::k] for i in range(k)):
+        held = {d for d, _, _ in part}
+        out.append(("+".join(sorted(held)), [t for t in data.task_ids if data.datasets[t] not in held],
+                    [t for d, _, te in part for t in te]))
+    return out
+
+
+def make_folds(data: RankingData, zoo: pd.DataFrame | None = None, model_k: int = 0, seed: int = 0,
+               groups_k: int = 0) -> list[Fold]:
+    """Leave-datasets-out folds, or with ``model_k`` > 0 leave-models-out ones: ``groups_k`` groups of held-out
+    datasets (0 = one per dataset, ``dataset_groups``) crossed with ``model_k`` lineage-grouped model folds.
+
+    Every model fold then ranks its held-out models on every task once; grouping the datasets trains
+    ``groups_k`` rankers per model fold instead of one per dataset, each on fewer training datasets.
+    """
     every = np.arange(len(data.model_ids))
     if not model_k:
         return [Fold(d, d, tr, te, every, every) for d, tr, te in dataset_folds(data)]
@@ -121,7 +143,7 @@ def make_folds(data: RankingData, zoo: pd.DataFrame | None = None, model_k: int 
     groups = lineage_groups(zoo).reindex(data.model_ids)
     mfolds = model_folds(groups, model_k, seed)
     return [Fold(f"{d}/m{m}", d, tr, te, np.setdiff1d(every, held), held)
-            for d, tr, te in dataset_folds(data) for m, held in enumerate(mfolds)]
+            for d, tr, te in dataset_groups(data, groups_k) for m, held in enumerate(mfolds)]
 
 
 # ----------------------------------------------------------------------------- what is fitted per fold
@@ -253,41 +275,97 @@ def _at_chosen_k(prior: pd.DataFrame, probed: list[pd.DataFrame], probe_k: int, 
 def ranker_predictions(data: RankingData, folds: list[Fold], rp: RankerParams, tp: TrainParams, seeds: list[int],
                        method: str = "ranker", grid: dict[str, list[Any]] | None = None, inner_k: int = 2,
                        tokens_of: Callable[[Fold], np.ndarray] | None = None, ks: list[int] | None = None,
-                       progress: Callable[[Iterable], Iterable] = iter) -> tuple[pd.DataFrame, pd.DataFrame]:
+                       progress: Callable[[Iterable], Iterable] = iter,
+                       pool: Executor | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Predictions of one ranker variant on every fold, for every seed (methods ``<method>#s<seed>``).
 
     ``grid``: choose the ranker's hyperparameters per fold by ``inner_choice`` (with the first seed);
     ``tokens_of(fold)``: the fold's model tokens [N, D] (leave-models-out: a refitted autoencoder's);
     ``ks``: with evidence in ``data``, also rank with k probed models (``probed_predictions``; the
-    single-estimator references with the first seed's probes).
+    single-estimator references with the first seed's probes); ``pool`` (``worker_pool``): the folds in its
+    worker processes, with the same predictions and the same ``audit`` records as in this one.
     Returns (predictions, log: one row per trained ranker with the chosen point, epochs, seconds).
     """
+    setting = dict(rp=rp, tp=tp, seeds=seeds, method=method, grid=grid or {}, inner_k=inner_k, ks=ks)
+    units = []
+    for fold in folds:
+        with audit.fold(fold.name):  # a refitted autoencoder belongs to the fold it serves
+            units.append((data, fold, None if tokens_of is None else tokens_of(fold), setting, audit.is_recording()))
+    done = progress(pool.map(_worker_fold, units) if pool is not None and len(units) > 1 else map(_local_fold, units))
     preds, log = [], []
-    for fold in progress(folds):
-        with audit.fold(fold.name):
-            d = data if tokens_of is None else dataclasses.replace(data, model_tokens=tokens_of(fold))
-            t0 = time.perf_counter()
-            chosen, table, probe_k = inner_choice(d, fold, rp, tp, grid or {}, inner_k, seeds[0], ks)
-            choose_seconds = time.perf_counter() - t0
-            for s in seeds:
-                t0 = time.perf_counter()
-                model, trainer = fit_ranker(d, fold.train_tasks, chosen, tp, models=fold.train_models, seed=s)
-                secs = time.perf_counter() - t0
-                pred = predict(model, d, fold.test_tasks, fold.test_models, chosen.max_dataset_tokens)
-                preds.append(pred.assign(method=f"{method}#s{s}", fold=fold.name))
-                if ks and d.evidence is not None:
-                    probed = probed_predictions(model, d, fold, chosen.max_dataset_tokens, ks, method, s,
-                                                pred.groupby("task_id").seconds.first().to_dict(), s == seeds[0])
-                    preds += probed + [_at_chosen_k(pred, probed, probe_k, fold, method, s)]
-                log.append(dict(method=method, fold=fold.name, seed=s, epochs=len(trainer.history),
-                                best_epoch=trainer.best_epoch, val_loss=trainer.best_loss, seconds=secs,
-                                choice={k: getattr(chosen, k) for k in sorted(grid or {})}, probe_k=probe_k,
-                                inner_scores=table.to_dict("records") if s == seeds[0] else None,
-                                choice_seconds=choose_seconds if s == seeds[0] else 0.0,
-                                n_train_tasks=len(fold.train_tasks), n_train_models=len(fold.train_models),
-                                n_test_models=len(fold.test_models)))
+    for p, rows, records in done:
+        preds += p
+        log += rows
+        audit.extend(records)
     cols = ["method", "fold", "task_id", "model_id", "score", "seconds"]
     return pd.concat(preds, ignore_index=True)[cols], pd.DataFrame(log)
+
+
+@contextmanager
+def worker_pool(jobs: int) -> Iterator[Executor | None]:
+    """``jobs`` spawned worker processes (one torch thread each: they share the machine's cores) for
+    ``ranker_predictions``, or None for ``jobs`` <= 1. Spawned, not forked: a fork of a process whose torch
+    already ran threads may hang."""
+    if jobs <= 1:
+        yield None
+        return
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn"), initializer=_worker_init) as pool:
+        yield pool
+
+
+def _worker_init() -> None:
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def _local_fold(unit: tuple) -> tuple[list[pd.DataFrame], list[dict], list[audit.Record]]:
+    data, fold, tokens, setting, _ = unit
+    return fold_predictions(data, fold, tokens, **setting)
+
+
+def _worker_fold(unit: tuple) -> tuple[list[pd.DataFrame], list[dict], list[audit.Record]]:
+    """``fold_predictions`` in a worker process, its audit records sent back when the caller records."""
+    data, fold, tokens, setting, recording = unit
+    if not recording:
+        return fold_predictions(data, fold, tokens, **setting)
+    with audit.recording() as records:
+        preds, log, _ = fold_predictions(data, fold, tokens, **setting)
+    return preds, log, records
+
+
+def fold_predictions(data: RankingData, fold: Fold, tokens: np.ndarray | None, rp: RankerParams, tp: TrainParams,
+                     seeds: list[int], method: str, grid: dict[str, list[Any]], inner_k: int,
+                     ks: list[int] | None) -> tuple[list[pd.DataFrame], list[dict], list[audit.Record]]:
+    """One fold of ``ranker_predictions`` (``tokens``: the fold's model tokens [N, D], None = data's own):
+    (prediction frames, log rows, audit records: none here, the caller's ``recording`` keeps them)."""
+    preds, log = [], []
+    with audit.fold(fold.name):
+        d = data if tokens is None else dataclasses.replace(data, model_tokens=tokens)
+        t0 = time.perf_counter()
+        chosen, table, probe_k = inner_choice(d, fold, rp, tp, grid, inner_k, seeds[0], ks)
+        choose_seconds = time.perf_counter() - t0
+        for s in seeds:
+            t0 = time.perf_counter()
+            model, trainer = fit_ranker(d, fold.train_tasks, chosen, tp, models=fold.train_models, seed=s)
+            secs = time.perf_counter() - t0
+            pred = predict(model, d, fold.test_tasks, fold.test_models, chosen.max_dataset_tokens)
+            preds.append(pred.assign(method=f"{method}#s{s}", fold=fold.name))
+            if ks and d.evidence is not None:
+                probed = probed_predictions(model, d, fold, chosen.max_dataset_tokens, ks, method, s,
+                                            pred.groupby("task_id").seconds.first().to_dict(), s == seeds[0])
+                preds += probed + [_at_chosen_k(pred, probed, probe_k, fold, method, s)]
+            log.append(dict(method=method, fold=fold.name, seed=s, epochs=len(trainer.history),
+                            best_epoch=trainer.best_epoch, val_loss=trainer.best_loss, seconds=secs,
+                            choice={k: getattr(chosen, k) for k in sorted(grid)}, probe_k=probe_k,
+                            inner_scores=table.to_dict("records") if s == seeds[0] else None,
+                            choice_seconds=choose_seconds if s == seeds[0] else 0.0,
+                            n_train_tasks=len(fold.train_tasks), n_train_models=len(fold.train_models),
+                            n_test_models=len(fold.test_models)))
+    return preds, log, []
 
 
 def stacking_predictions(data: RankingData, folds: list[Fold]) -> pd.DataFrame:

@@ -566,8 +566,12 @@ def _index_frame(rows: list[dict]):
 
 
 def build_zoo(zoo_params: Any, pools: dict, out_dir: str | Path, seed: int,
-              progress: Callable[[Iterable], Iterable] | None = None, device: str = "cpu"):
+              progress: Callable[[Iterable], Iterable] | None = None, device: str = "cpu",
+              shard: tuple[int, int] = (0, 1)):
     """Build every model of ``zoo_params`` (a ZooParams) into ``out_dir``; write and return ``index.csv``.
+
+    ``shard`` (index, count): build only every count-th model of the plan from the index-th (a shard
+    process of stage 00; no ``index.csv``): each model depends on its own settings and seed alone.
 
     ``pools`` maps source names to Pool objects (uint8 ``images`` [N, S, S, 3], ``labels``, ``classes``).
     Resumable: a model whose folder is complete, loads, and was built from the same settings, seed and
@@ -582,6 +586,8 @@ def build_zoo(zoo_params: Any, pools: dict, out_dir: str | Path, seed: int,
         shutil.rmtree(stale, ignore_errors=True)
     plan = zoo_plan(zoo_params)
     _check_plan(plan, pools)
+    index, count = shard
+    plan = plan[index::count]
     fingerprints = {s: _fingerprint(pools[s]) for s in {p["source"] for p in plan} if s in pools}
     rows, built, reused = [], [], []
     for spec in (progress or iter)(plan):
@@ -603,7 +609,8 @@ def build_zoo(zoo_params: Any, pools: dict, out_dir: str | Path, seed: int,
             reused.append(spec["model_id"])
         rows.append(_index_row(cfg, folder.name))
     df = _index_frame(rows)
-    write_csv(out_dir / "index.csv", df)
+    if count == 1:
+        write_csv(out_dir / "index.csv", df)
     df.attrs.update(built=built, reused=reused)
     return df
 

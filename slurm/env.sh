@@ -31,4 +31,7 @@ if [[ -n ${PTMREC_THREADS:-} ]]; then
 elif [[ -n ${SLURM_CPUS_PER_TASK:-} ]]; then
   export OMP_NUM_THREADS=$SLURM_CPUS_PER_TASK
 fi
+# A stage job runs its notebook alone: the shards of a shardable stage are array tasks of their own
+# (submit.sh), so ptmrec run starts no local shard processes (PTMREC_JOBS) unless the cluster file asks.
+export PTMREC_JOBS=${PTMREC_JOBS:-1}
 export PTMREC_CLUSTER PTMREC_PLAIN_PROGRESS=1

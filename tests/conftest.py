@@ -19,6 +19,7 @@ def pytest_configure(config):
     # One torch thread in the tests and the pipelines they start: their models are tiny (one thread is as fast),
     # and on a busy 2-core machine two threads per process oversubscribe it (tests ran 5-15x slower so).
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.setdefault("PTMREC_JOBS", "1")  # in-process protocol calls stay in one process (run_pipeline: two)
     import torch
 
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
@@ -30,7 +31,9 @@ def pytest_configure(config):
 
 def run_pipeline(runs: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
     """./run_all.sh with PTMREC_RUNS=runs; output captured."""
-    env = {**os.environ, "PTMREC_RUNS": str(runs)}
+    # two jobs: the shardable stages run as two shard processes and stage 07's folds in two workers, as on a
+    # newcomer's 2-core machine; the pinned smoke figures then prove that this changes no number
+    env = {**os.environ, "PTMREC_RUNS": str(runs), "PTMREC_JOBS": os.environ.get("PTMREC_PIPELINE_JOBS", "2")}
     r = subprocess.run([str(REPO / "run_all.sh"), *args], env=env, capture_output=True, text=True, timeout=1500)
     if check and r.returncode != 0:
         raise AssertionError(f"run_all.sh {' '.join(args)} failed ({r.returncode}):\n{r.stdout[-4000:]}\n{r.stderr[-4000:]}")

@@ -1,5 +1,6 @@
 """The evaluation protocol on a small synthetic world: folds, lineage, and that nothing held out is seen."""
 import dataclasses
+from collections import Counter
 
 import numpy as np
 import pandas as pd
@@ -80,6 +81,40 @@ def test_make_folds_hold_out_whole_datasets_and_lineages():
         assert f.dataset not in {data.datasets[t] for t in f.train_tasks} and not f.holds_out_models
     lmo = protocol.make_folds(data, zoo, model_k=2, seed=0)
     assert len(lmo) == 2 * len(DATASETS) and all(f.holds_out_models for f in lmo)
+
+
+def test_grouped_leave_models_out_folds_rank_every_task_once_per_model_fold():
+    data, zoo, _, _ = tiny_world()
+    lmo = protocol.make_folds(data, zoo, model_k=2, seed=0, groups_k=2)
+    assert len(lmo) == 4 and [f.dataset for f in lmo[::2]] == ["alpha+delta", "beta+gamma"]  # sorted, dealt round-robin
+    for f in lmo:
+        held = set(f.dataset.split("+"))
+        assert {data.datasets[t] for t in f.test_tasks} == held and not held & {data.datasets[t] for t in f.train_tasks}
+    for m in range(2):  # each model fold: every task is a test task exactly once
+        tested = [t for f in lmo if f.name.endswith(f"/m{m}") for t in f.test_tasks]
+        assert sorted(tested) == sorted(data.task_ids)
+    per_dataset = [f.name for f in protocol.make_folds(data, zoo, model_k=2, seed=0)]
+    assert [f.name for f in protocol.make_folds(data, zoo, model_k=2, seed=0, groups_k=9)] == per_dataset
+
+
+def test_fold_workers_predict_and_record_as_one_process_does():
+    """Stage 07's folds in two spawned worker processes: the same predictions, and every audit record comes back
+    (a worker's records would otherwise stay in the worker, and the held-out test above would pass on nothing)."""
+    data, _, _, _ = tiny_world()
+    data = attach_evidence(data, tiny_scores(data), ["logme", "nce"])
+    folds = protocol.make_folds(data)[:3]
+    P = tiny_params()
+    runs = {}
+    for jobs in (1, 2):
+        with audit.recording() as records, protocol.worker_pool(jobs) as pool:
+            pred, log = protocol.ranker_predictions(data, folds, P.ranker, P.train_ranker, [0, 1],
+                                                    grid={"loss": ["listnet", "pairwise"]}, ks=[2], pool=pool)
+        runs[jobs] = pred, log, records
+    (p1, l1, r1), (p2, l2, r2) = runs[1], runs[2]
+    cols = ["method", "fold", "task_id", "model_id", "score"]
+    pd.testing.assert_frame_equal(p1[cols], p2[cols])
+    assert l1.drop(columns=["seconds", "choice_seconds"]).equals(l2.drop(columns=["seconds", "choice_seconds"]))
+    assert len(r1) > 3 and Counter(r1) == Counter(r2)
 
 
 def test_inner_choice_sees_training_datasets_only():

@@ -282,3 +282,22 @@ def test_batch_indices_cover_each_epoch_once_and_drop_the_ragged_tail():
     assert all(len(b) == 4 for b in epoch) and len(set(flat.tolist())) == 8
     nxt = next(it)  # a fresh permutation starts the next epoch
     assert len(set(nxt.tolist())) == 4
+
+
+def test_zoo_shards_build_what_one_process_builds(tmp_path):
+    """Stage 00's shard processes: two shards build every model once, bit for bit as one process does, and only
+    the full build writes index.csv."""
+    pools = {"s1": synth_pool("s1", k=2, per_class=12), "s2": synth_pool("s2", k=3, per_class=10, seed=1)}
+    zp = ZooParams(families=["simplecnn", "mlpmixer"], sources=["s1", "s2"], widths=[8], epochs=1, batch_size=8,
+                   lite_variants=[], lite_finetune={}, backbones=[], finetune={})
+    whole = zoo.build_zoo(zp, pools, tmp_path / "one", seed=0)
+    built = [zoo.build_zoo(zp, pools, tmp_path / "two", seed=0, shard=(i, 2)).attrs["built"] for i in range(2)]
+    assert sorted(built[0] + built[1]) == sorted(whole.model_id) and not set(built[0]) & set(built[1])
+    assert not (tmp_path / "two" / "index.csv").exists()
+    merged = zoo.build_zoo(zp, pools, tmp_path / "two", seed=0)  # the notebook after its shards: nothing left to do
+    assert merged.attrs["built"] == []
+    from safetensors.torch import load_file
+
+    for p in whole.path:
+        a, b = (load_file(tmp_path / d / p / "model.safetensors") for d in ("one", "two"))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), p
