@@ -23,6 +23,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ptmrec.features import run_store
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -36,7 +38,7 @@ def store_throughput(run: Path) -> dict:
     """Per model family: models, images each model ran on, forward seconds, images per second."""
     zoo = pd.read_csv(run / "00_zoo_and_tasks" / "zoo" / "index.csv").set_index("model_id")
     rows = []
-    for f in sorted((run / "01_groundtruth" / "features").glob("*.npz")):
+    for f in sorted(run_store(run).glob("*.npz")):
         with np.load(f) as z:
             keys = [k[:-4] for k in z.files if k.endswith("|idx")]
             rows.append(dict(family=zoo.family.get(f.stem, "?"), images=sum(len(z[f"{k}|idx"]) for k in keys),

@@ -29,6 +29,12 @@ from .data import SPLITS, split_index, task_arrays
 from .paths import resume, write_npz
 
 FLOAT16_MAX = float(np.finfo(np.float16).max)  # 65504: larger features would be stored as inf
+STORE = "features"  # the store's folder in stage 01's output (a resumable work folder, pipeline.work_dir)
+
+
+def run_store(run: Path) -> Path:
+    """The feature store of the run folder ``run`` (what stage 01 filled)."""
+    return Path(run) / "01_groundtruth" / STORE
 
 
 def set_key(task, split: str) -> str:

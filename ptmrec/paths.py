@@ -26,15 +26,19 @@ def runs_root() -> Path:
     return Path(os.environ.get("PTMREC_RUNS", REPO / "runs"))
 
 
+MAX_DEFAULT_JOBS = 8  # a default-world shard process holds about 2 GB (its pools, one model, its features)
+
+
 def jobs() -> int:
     """Worker processes for work that splits (shardable stages, stage 07's folds): $PTMREC_JOBS, else the
-    CPUs this process may use. Each worker then runs torch on one thread."""
+    CPUs this process may use, at most MAX_DEFAULT_JOBS. Each worker then runs torch on one thread."""
     if os.environ.get("PTMREC_JOBS"):
         n = int(os.environ["PTMREC_JOBS"])
         if n < 1:
             raise ValueError(f"PTMREC_JOBS={os.environ['PTMREC_JOBS']}: need a whole number >= 1")
         return n
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return min(cpus, MAX_DEFAULT_JOBS)
 
 
 def cache_root(runs: Path | None = None) -> Path:

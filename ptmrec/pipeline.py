@@ -303,8 +303,8 @@ def run(params_file: str | Path, force: bool = False, start: str | None = None,
         out_nb = nb_dir / f"{name}.ipynb"
         try:
             pm.execute_notebook(STAGES[name].notebook, out_nb, parameters={"params_file": str(params_file), "force": fresh},
-                                cwd=str(REPO / "notebooks"), log_output=True, progress_bar=False,
-                                kernel_name="python3")
+                                cwd=str(REPO / "notebooks"), progress_bar=False, kernel_name="python3",
+                                stdout_file=sys.stdout, stderr_file=sys.stderr)  # as it comes: progress lines of long cells
         except pm.PapermillExecutionError as e:
             print(f"[ptmrec] FAILED: notebook {out_nb}, cell {e.exec_count} (index {e.cell_index}): "
                   f"{e.ename}: {e.evalue}", file=sys.stderr, flush=True)
@@ -375,11 +375,11 @@ def _zoo_shard(P: params_mod.Params, index: int, count: int) -> None:
 @register_sharder("01_groundtruth")
 def _groundtruth_shard(P: params_mod.Params, index: int, count: int) -> None:
     """Ground truth of the shard's models into 01_groundtruth/parts/ (what notebook 01 then merges)."""
-    from . import groundtruth
+    from . import features, groundtruth
     from .progress import progress
 
     world, pools, tasks, zoo = _shard_world(P, index, count)
-    parts, store = work_dir(P, "01_groundtruth", "parts"), work_dir(P, "01_groundtruth", "features")
+    parts, store = work_dir(P, "01_groundtruth", "parts"), work_dir(P, "01_groundtruth", features.STORE)
     groundtruth.run_groundtruth(zoo, world / "zoo", pools, tasks, P.groundtruth, P.run.seed, parts, store, progress)
 
 
@@ -398,10 +398,10 @@ def _vectors_shard(P: params_mod.Params, index: int, count: int) -> None:
 @register_sharder("05_baselines")
 def _baselines_shard(P: params_mod.Params, index: int, count: int) -> None:
     """Transferability scores of the shard's models into 05_baselines/parts/ (what notebook 05 then merges)."""
-    from . import baselines
+    from . import baselines, features
     from .progress import progress
 
     world, pools, tasks, zoo = _shard_world(P, index, count)
     parts = work_dir(P, "05_baselines", "parts")
-    store = run_dir(P.name) / "01_groundtruth" / "features"
+    store = features.run_store(run_dir(P.name))
     baselines.run_baselines(zoo, store, pools, tasks, P.baselines.scorers, parts, progress)

@@ -4,9 +4,9 @@ Two kinds of fold (``make_folds``):
 
 - **leave-datasets-out**: one fold per dataset of the target tasks; every task cut from the held-out
   dataset is a test task, and nothing fitted (ranker, early stopping, inner validation, priors) sees one.
-- **leave-models-out** (``model_k`` > 0): each of those folds crossed with ``model_k`` folds of the zoo,
-  grouped by lineage (``lineage_groups``: a base model with its fine-tunes, one scratch architecture
-  at one width over all its source tasks), so no sibling straddles. The standardiser and the
+- **leave-models-out** (``model_k`` > 0): those folds, or groups of them (``dataset_groups``), crossed with
+  ``model_k`` folds of the zoo grouped by lineage (``lineage_groups``: a base model with its fine-tunes,
+  one scratch architecture at one width over all its source tasks), so no sibling straddles. The standardiser and the
   autoencoder are refitted on the fold's training models only (``refit_tokens``) and the held-out
   models are encoded by that autoencoder; the ranker trains on training tasks x training models and
   ranks the held-out models on the test tasks.
@@ -291,7 +291,8 @@ def ranker_predictions(data: RankingData, folds: list[Fold], rp: RankerParams, t
     for fold in folds:
         with audit.fold(fold.name):  # a refitted autoencoder belongs to the fold it serves
             units.append((data, fold, None if tokens_of is None else tokens_of(fold), setting, audit.is_recording()))
-    done = progress(pool.map(_worker_fold, units) if pool is not None and len(units) > 1 else map(_local_fold, units))
+    done = progress(_Sized(pool.map(_worker_fold, units) if pool is not None and len(units) > 1
+                           else map(_local_fold, units), len(units)))
     preds, log = [], []
     for p, rows, records in done:
         preds += p
@@ -299,6 +300,19 @@ def ranker_predictions(data: RankingData, folds: list[Fold], rp: RankerParams, t
         audit.extend(records)
     cols = ["method", "fold", "task_id", "model_id", "score", "seconds"]
     return pd.concat(preds, ignore_index=True)[cols], pd.DataFrame(log)
+
+
+class _Sized:
+    """An iterator with a length: progress reports n of N for results that arrive one by one."""
+
+    def __init__(self, it: Iterable, n: int):
+        self.it, self.n = it, n
+
+    def __iter__(self) -> Iterator:
+        return iter(self.it)
+
+    def __len__(self) -> int:
+        return self.n
 
 
 @contextmanager

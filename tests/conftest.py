@@ -45,8 +45,9 @@ def smoke_runs(tmp_path_factory) -> Path:
     """The runs folder of one full smoke run (params/smoke.yaml); its wall time in smoke_seconds.txt."""
     runs = tmp_path_factory.mktemp("runs")
     t0 = time.time()
-    run_pipeline(runs, "params/smoke.yaml")
+    r = run_pipeline(runs, "params/smoke.yaml")
     (runs / "smoke_seconds.txt").write_text(f"{time.time() - t0:.1f}\n")
+    (runs / "smoke_log.txt").write_text(r.stdout)
     return runs
 
 

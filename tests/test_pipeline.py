@@ -39,6 +39,13 @@ def test_smoke_run_writes_every_stage(smoke_runs):
     # transfer is real: better than chance on average, and models differ
     assert (main.accuracy - main.chance).mean() > 0.1
     assert main.groupby("task_id").accuracy.std().mean() > 0.02
+    # two jobs: each shardable stage ran as two shard processes before its notebook, timed with them
+    log = (smoke_runs / "smoke_log.txt").read_text()
+    assert log.count("train_per_class: 60") >= len(pipeline.list_stages())  # each notebook's output streams in
+    for name in pipeline.list_sharders():
+        assert all(f"{name}: shard {i}/2 done" in log for i in range(2)), name
+        marker = json.loads((run / name / "_stage.json").read_text())
+        assert marker["jobs"] == 2 and marker["wall_seconds"] >= marker["seconds"]
 
 
 def test_rerun_with_nothing_changed_skips_every_stage(smoke_runs):
@@ -174,3 +181,15 @@ def test_no_import_cycles_and_no_private_helpers_across_modules():
             if isinstance(node, ast.ImportFrom) and node.level == 1:
                 private = [a.name for a in node.names if a.name.startswith("_")]
                 assert not private, f"ptmrec/{m}.py imports private {private} from {node.module}"
+
+
+def test_no_module_defines_a_name_twice():
+    """A second top-level ``def`` of a name silently replaces the first (the feature store once had two
+    ``store_path`` functions with different arguments, and the first's callers got the second)."""
+    import ast
+    from collections import Counter
+
+    for path in sorted((REPO / "ptmrec").glob("*.py")):
+        names = Counter(n.name for n in ast.parse(path.read_text()).body
+                        if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)))
+        assert not [n for n, c in names.items() if c > 1], (path.name, [n for n, c in names.items() if c > 1])
