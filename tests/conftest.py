@@ -29,11 +29,11 @@ def pytest_configure(config):
         os.environ["PTMREC_CACHE"] = tempfile.mkdtemp(prefix="ptmrec-test-cache-")
 
 
-def run_pipeline(runs: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+def run_pipeline(runs: Path, *args: str, check: bool = True, jobs: int = 2) -> subprocess.CompletedProcess:
     """./run_all.sh with PTMREC_RUNS=runs; output captured."""
     # two jobs: the shardable stages run as two shard processes and stage 07's folds in two workers, as on a
     # newcomer's 2-core machine; the pinned smoke figures then prove that this changes no number
-    env = {**os.environ, "PTMREC_RUNS": str(runs), "PTMREC_JOBS": os.environ.get("PTMREC_PIPELINE_JOBS", "2")}
+    env = {**os.environ, "PTMREC_RUNS": str(runs), "PTMREC_JOBS": str(jobs)}
     r = subprocess.run([str(REPO / "run_all.sh"), *args], env=env, capture_output=True, text=True, timeout=1500)
     if check and r.returncode != 0:
         raise AssertionError(f"run_all.sh {' '.join(args)} failed ({r.returncode}):\n{r.stdout[-4000:]}\n{r.stderr[-4000:]}")

@@ -74,7 +74,9 @@ def _smoke_overrides() -> dict:
 def test_failure_names_notebook_and_cell(tmp_path):
     bad = tmp_path / "broken.yaml"  # valid values (checked before any work), impossible data: 12 classes of 10
     bad.write_text("tasks:\n  datasets: {digits: 1}\n  min_classes: 12\n  max_classes: 12\n")
-    r = run_pipeline(tmp_path / "runs", str(bad), check=False)
+    # one job: with two, stage 00's shard processes would first train the default zoo (minutes), and only its
+    # notebook, which samples the tasks, meets the impossible class count
+    r = run_pipeline(tmp_path / "runs", str(bad), check=False, jobs=1)
     assert r.returncode != 0
     assert "FAILED: notebook" in r.stderr and "00_zoo_and_tasks.ipynb" in r.stderr and "cell" in r.stderr
     assert "dataset digits: a task needs 12 classes" in r.stderr
