@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from pathlib import Path
-from concurrent.futures import Executor
 from typing import Any, Callable, Iterable
 
 import numpy as np
@@ -22,8 +22,8 @@ import pandas as pd
 
 from . import metrics
 from .params import Params, RankerParams
-from .protocol import (Fold, dataset_folds, make_folds, ranker_predictions, refit_tokens, restrict, worker_pool,
-                       stacking_predictions, static_priors)
+from .protocol import (Fold, dataset_folds, make_folds, ranker_predictions, refit_tokens, restrict,
+                       stacking_predictions, static_priors, worker_pool)
 from .ranker import RankingData
 from .registry import Registry
 

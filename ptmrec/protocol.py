@@ -291,8 +291,8 @@ def ranker_predictions(data: RankingData, folds: list[Fold], rp: RankerParams, t
     for fold in folds:
         with audit.fold(fold.name):  # a refitted autoencoder belongs to the fold it serves
             units.append((data, fold, None if tokens_of is None else tokens_of(fold), setting, audit.is_recording()))
-    done = progress(_Sized(pool.map(_worker_fold, units) if pool is not None and len(units) > 1
-                           else map(_local_fold, units), len(units)))
+    run = pool.map if pool is not None and len(units) > 1 else map  # the workers, or here, fold by fold
+    done = progress(_Sized(run(_fold_unit, units), len(units)))
     preds, log = [], []
     for p, rows, records in done:
         preds += p
@@ -336,26 +336,22 @@ def _worker_init() -> None:
     torch.set_num_threads(1)
 
 
-def _local_fold(unit: tuple) -> tuple[list[pd.DataFrame], list[dict], list[audit.Record]]:
-    data, fold, tokens, setting, _ = unit
-    return fold_predictions(data, fold, tokens, **setting)
-
-
-def _worker_fold(unit: tuple) -> tuple[list[pd.DataFrame], list[dict], list[audit.Record]]:
-    """``fold_predictions`` in a worker process, its audit records sent back when the caller records."""
+def _fold_unit(unit: tuple) -> tuple[list[pd.DataFrame], list[dict], list[audit.Record]]:
+    """``fold_predictions`` of one unit, with the audit records it made when the caller records (a worker
+    process sends them back; in this process they reach the caller's list through ``audit.extend``)."""
     data, fold, tokens, setting, recording = unit
     if not recording:
-        return fold_predictions(data, fold, tokens, **setting)
+        return *fold_predictions(data, fold, tokens, **setting), []
     with audit.recording() as records:
-        preds, log, _ = fold_predictions(data, fold, tokens, **setting)
+        preds, log = fold_predictions(data, fold, tokens, **setting)
     return preds, log, records
 
 
 def fold_predictions(data: RankingData, fold: Fold, tokens: np.ndarray | None, rp: RankerParams, tp: TrainParams,
                      seeds: list[int], method: str, grid: dict[str, list[Any]], inner_k: int,
-                     ks: list[int] | None) -> tuple[list[pd.DataFrame], list[dict], list[audit.Record]]:
+                     ks: list[int] | None) -> tuple[list[pd.DataFrame], list[dict]]:
     """One fold of ``ranker_predictions`` (``tokens``: the fold's model tokens [N, D], None = data's own):
-    (prediction frames, log rows, audit records: none here, the caller's ``recording`` keeps them)."""
+    (prediction frames, log rows)."""
     preds, log = [], []
     with audit.fold(fold.name):
         d = data if tokens is None else dataclasses.replace(data, model_tokens=tokens)
@@ -379,7 +375,7 @@ def fold_predictions(data: RankingData, fold: Fold, tokens: np.ndarray | None, r
                             choice_seconds=choose_seconds if s == seeds[0] else 0.0,
                             n_train_tasks=len(fold.train_tasks), n_train_models=len(fold.train_models),
                             n_test_models=len(fold.test_models)))
-    return preds, log, []
+    return preds, log
 
 
 def stacking_predictions(data: RankingData, folds: list[Fold]) -> pd.DataFrame:
