@@ -3,8 +3,9 @@
     .venv/bin/python benchmarks/ranker_scale.py            # writes benchmarks/results/ranker_scale.{json,png}
     .venv/bin/python benchmarks/ranker_scale.py --run runs/default   # also: quality of both on the run's zoo
 
-Random model tokens (512-d) and 64 dataset tokens (256-d), the default ranker size (d_model 128, 2 layers,
-4 heads), batch 1, eval mode, no gradient; median of ``REPEATS`` calls after one warm-up, torch's default
+Random model tokens (512-d) and 64 dataset tokens (256-d), the default ranker size (RankerParams: d_model 64,
+2 layers, 4 heads; the committed results/ranker_scale.json was measured at the earlier default d_model 128, which
+costs more per candidate), batch 1, eval mode, no gradient; median of ``REPEATS`` calls after one warm-up, torch's default
 threads. Full self-attention is skipped past ``FULL_MAX`` candidates (its memory grows as N^2).
 Goals (issue 15): 10,000 candidates in at most 1 s, 100,000 in at most 10 s, quality on the default zoo
 unchanged: with ``--run``, both attentions rank the run's held-out datasets (leave-datasets-out, the first

@@ -148,22 +148,24 @@ def constrained_choices(predictions: pd.DataFrame, perf: pd.DataFrame, profile: 
     pred = predictions[["task", "model", "method", "score"]].astype({"task": str, "model": str}).dropna(subset=["score"])
     pred = pred.merge(truth, on=["task", "model"], how="inner")
     prof = profile.set_axis(profile.index.astype(str))
-    rows = []
-    for bname, b in budgets.items():
+    keys = ["method", "task"]
+    lists = pd.MultiIndex.from_tuples(sorted(pred.groupby(keys, sort=False).groups), names=keys)  # every list
+    parts = []
+    for bname, b in budgets.items():  # vectorised per budget: a loop over lists took minutes on the default world
         ok = within_budget(prof, b.get("max_latency_ms"), b.get("max_memory_mb"), latency)
-        feasible = pred[pred.model.map(ok).fillna(False).astype(bool)]
-        for (method, task), g in pred.groupby(["method", "task"], sort=True):
-            f = feasible[(feasible.method == method) & (feasible.task == task)].sort_values("model")
-            row = dict(method=method, budget=bname, task=task, feasible=len(f), choice=None, choice_accuracy=np.nan,
-                       best=None, best_accuracy=np.nan, regret=np.nan)
-            if len(f):
-                tied = f[f.score == f.score.max()]  # a tie at the top: the expected accuracy of a random pick
-                pick, best = tied.iloc[0], f.loc[f.accuracy.idxmax()]
-                row.update(choice=pick.model if len(tied) == 1 else "|".join(tied.model),
-                           choice_accuracy=float(tied.accuracy.mean()), best=best.model,
-                           best_accuracy=best.accuracy, regret=best.accuracy - float(tied.accuracy.mean()))
-            rows.append(row)
-    return pd.DataFrame(rows)
+        f = pred[pred.model.map(ok).fillna(False).astype(bool)].sort_values([*keys, "model"], kind="stable")
+        g = f.groupby(keys, sort=True)
+        tied = f[f.score == g.score.transform("max")].groupby(keys, sort=True)  # ties: the mean of a random pick
+        best = f.loc[g.accuracy.idxmax()].set_index(keys)  # first of equals, in model order
+        out = pd.DataFrame(dict(feasible=g.size(), choice=tied.model.agg("|".join),
+                                choice_accuracy=tied.accuracy.mean(), best=best.model,
+                                best_accuracy=best.accuracy)).reindex(lists)
+        out["feasible"] = out.feasible.fillna(0).astype(int)
+        out["regret"] = out.best_accuracy - out.choice_accuracy
+        out[["choice", "best"]] = out[["choice", "best"]].astype(object).where(out.feasible > 0, None)
+        parts.append(out.reset_index().assign(budget=bname))
+    cols = ["method", "budget", "task", "feasible", "choice", "choice_accuracy", "best", "best_accuracy", "regret"]
+    return pd.concat(parts, ignore_index=True)[cols] if parts else pd.DataFrame(columns=cols)
 
 
 def budget_regret(predictions: pd.DataFrame, perf: pd.DataFrame, profile: pd.DataFrame,

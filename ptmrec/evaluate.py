@@ -22,7 +22,7 @@ import pandas as pd
 
 from . import metrics
 from .params import Params, RankerParams
-from .protocol import (Fold, dataset_folds, make_folds, ranker_predictions, refit_tokens, restrict,
+from .protocol import (Fold, dataset_folds, fold_results, fold_units, make_folds, refit_tokens, restrict, start,
                        stacking_predictions, static_priors, worker_pool)
 from .ranker import RankingData
 from .registry import Registry
@@ -243,17 +243,14 @@ def learned_predictions(data: RankingData, P: Params, variants: dict[str, Rankin
     the worker processes of ``pool`` (``protocol.worker_pool``) when given."""
     E, seeds = P.evaluate, [P.run.seed + i for i in range(P.evaluate.seeds)]
     ldo = make_folds(data)
-    preds, log = ranker_predictions(data, ldo, P.ranker, P.train_ranker, seeds, grid=E.inner_grid, inner_k=E.inner_folds,
-                                    ks=E.probe_ks, progress=progress, pool=pool)
-    parts, logs = [preds], [log]
-    if data.evidence is not None:
-        parts.append(stacking_predictions(data, ldo))
+    # every variant's folds go to the workers at once, the costliest (inner choice, every seed) first, so the
+    # workers never wait for a variant's last fold; the autoencoder refits of leave-models-out run here meanwhile
+    pending = start(fold_units(data, ldo, P.ranker, P.train_ranker, seeds, grid=E.inner_grid, inner_k=E.inner_folds,
+                               ks=E.probe_ks), pool)
     for ab in E.ablations:
         rp = ranker_params(P.ranker, ab)
-        pred, lg = ranker_predictions(variants[rp.model_tokens], ldo, rp, P.train_ranker, seeds[:1], method=f"ranker:{ab}",
-                                      progress=progress, pool=pool)
-        parts.append(pred)
-        logs.append(lg)
+        pending += start(fold_units(variants[rp.model_tokens], ldo, rp, P.train_ranker, seeds[:1],
+                                    method=f"ranker:{ab}"), pool)
     folds = {"leave_datasets_out": ldo}
     if E.model_folds and vectors is not None:
         lmo = make_folds(data, zoo, E.model_folds, P.run.seed, E.model_dataset_groups)
@@ -278,20 +275,18 @@ def learned_predictions(data: RankingData, P: Params, variants: dict[str, Rankin
             return tokens_of
 
         kind = P.ranker.model_tokens
-        pred, lg = ranker_predictions(data, lmo, P.ranker, P.train_ranker, seeds, tokens_of=lmo_tokens(kind, data),
-                                      ks=E.probe_ks, progress=progress, pool=pool)
-        parts.append(pred)
-        logs.append(lg.assign(kind="leave_models_out"))
+        pending += start(fold_units(data, lmo, P.ranker, P.train_ranker, seeds, tokens_of=lmo_tokens(kind, data),
+                                    ks=E.probe_ks), pool)
         for ab in E.ablations:  # the token comparison: behaviour tokens on unseen models too (first seed)
             rp = ranker_params(P.ranker, ab)
             if rp.model_tokens in BEHAVIOUR_KINDS and rp.model_tokens != kind:
                 d = variants[rp.model_tokens]
-                pred, lg = ranker_predictions(d, lmo, rp, P.train_ranker, seeds[:1], method=f"ranker:{ab}",
-                                              tokens_of=lmo_tokens(rp.model_tokens, d), progress=progress, pool=pool)
-                parts.append(pred)
-                logs.append(lg.assign(kind="leave_models_out"))
+                pending += start(fold_units(d, lmo, rp, P.train_ranker, seeds[:1], method=f"ranker:{ab}",
+                                            tokens_of=lmo_tokens(rp.model_tokens, d)), pool)
         folds["leave_models_out"] = lmo
-    return pd.concat(parts, ignore_index=True), pd.concat(logs, ignore_index=True), folds
+    stacking = [stacking_predictions(data, ldo)] if data.evidence is not None else []
+    pred, log = fold_results(pending, progress)
+    return pd.concat([pred, *stacking], ignore_index=True), log, folds
 
 
 def judge(pred: pd.DataFrame, folds: dict[str, list[Fold]], model_ids: list[str], truth: pd.DataFrame,

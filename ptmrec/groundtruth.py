@@ -33,7 +33,7 @@ import torch
 
 from .params import GroundTruthParams, TrainParams
 from .paths import resume, write_csv
-from .transferability import linear_probe
+from .transferability import probe_predict
 
 
 def finetune(model: torch.nn.Module, x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray,
@@ -43,19 +43,22 @@ def finetune(model: torch.nn.Module, x_train: np.ndarray, y_train: np.ndarray, x
     x_* are uint8 images [n, S, S, 3]; the model's own ``head`` is replaced by a k-way one.
     """
     from .train import ClassifierTrainer
-    from .zoo import batch_indices, to_input
+    from .zoo import batch_indices, memory_format, to_input
 
     torch.manual_seed(seed)
     k = int(max(y_train.max(), y_test.max())) + 1
     net = copy.deepcopy(model)
     net.head = torch.nn.Linear(net.num_features, k)
+    fmt = memory_format(net)
+    net.to(memory_format=fmt)
     schedule = TrainParams(epochs=gp.finetune_steps, lr=gp.finetune_lr, weight_decay=1e-4, scheduler="cosine",
                            grad_clip=0.0, early_stopping_patience=0)
-    xtr, ytr = to_input(x_train, image_size), torch.as_tensor(y_train, dtype=torch.long)  # [n, 3, S, S], [n]
+    xtr = to_input(x_train, image_size).contiguous(memory_format=fmt)  # [n, 3, S, S]
+    ytr = torch.as_tensor(y_train, dtype=torch.long)  # [n]
     order = batch_indices(len(ytr), min(gp.finetune_batch_size, len(ytr)), np.random.default_rng(seed))
     ClassifierTrainer(net, schedule, head_lr_scale=10.0).fit_steps((xtr[i], ytr[i]) for i in map(torch.as_tensor, order))
     with torch.inference_mode():
-        xte = to_input(x_test, image_size)
+        xte = to_input(x_test, image_size).contiguous(memory_format=fmt)
         pred = torch.cat([net(xte[i:i + 256]).argmax(1) for i in range(0, len(xte), 256)]).numpy()
     return float((pred == y_test).mean())
 
@@ -98,6 +101,18 @@ def _measurements(task, seed: int, gp: GroundTruthParams, has_fresh: bool) -> li
     return todo
 
 
+def _probe(x_train: np.ndarray, y_train: np.ndarray, tests: dict[str, tuple[np.ndarray, np.ndarray]],
+           splits: list[str], gp: GroundTruthParams) -> tuple[dict[str, float], float]:
+    """The linear probe fitted once on x_train [n, D], y_train [n] and tested on each of ``splits`` of ``tests``
+    (split -> features [m, D], labels [m]): ({split: accuracy}, seconds of the fit and predictions)."""
+    t0 = time.perf_counter()
+    xs = [tests[s][0] for s in splits]
+    pred = probe_predict(x_train, y_train, np.concatenate(xs), gp.probe_l2, gp.probe_steps)  # [sum m]
+    ends = np.cumsum([len(x) for x in xs])
+    accs = {s: float((p == tests[s][1]).mean()) for s, p in zip(splits, np.split(pred, ends[:-1]))}
+    return accs, time.perf_counter() - t0
+
+
 def evaluate_model(model_ref: str | Path, model_id: str, pools: dict, tasks: list, gp: GroundTruthParams,
                    seed: int, store: Path) -> pd.DataFrame:
     """Every method, seed and test split of ``gp`` for one model on every task: one row per measurement.
@@ -119,21 +134,24 @@ def evaluate_model(model_ref: str | Path, model_id: str, pools: dict, tasks: lis
         ytr = task_labels(pool, task, "train")
         ftr = fs.features(task, "train")  # float32 [n, D]
         tests = {s: (fs.features(task, s), task_labels(pool, task, s)) for s in ("test", "fresh")}  # [m, D], [m]
-        for method, s, split in _measurements(task, seed, gp, len(tests["fresh"][1]) > 0):
+        todo = _measurements(task, seed, gp, len(tests["fresh"][1]) > 0)
+        probes: dict[int, tuple[dict[str, float], float]] = {}  # seed -> one probe's accuracy per split, its seconds
+        for method, s, split in todo:
             if method == "finetune" and task.task_id not in tuned:
                 continue
             idx = np.arange(len(ytr)) if s == seed else bootstrap(ytr, s)
-            fte, yte = tests[split]
             t0 = time.perf_counter()
             if method == "linear_probe":
-                acc = linear_probe(ftr[idx], ytr[idx], fte, yte, gp.probe_l2, gp.probe_steps)
-                secs = time.perf_counter() - t0 + fs.seconds(task, "train") + fs.seconds(task, split)
+                if s not in probes:  # the noise run's probe is fitted once and tested on both of its splits
+                    probes[s] = _probe(ftr[idx], ytr[idx], tests, [p for m, r, p in todo if m == method and r == s], gp)
+                acc = probes[s][0][split]
+                secs = probes[s][1] + fs.seconds(task, "train") + fs.seconds(task, split)
             else:
                 if model is None:
                     model, cfg = load_model(model_ref)
                 xtr, _ = task_arrays(pool, task, "train")
                 xte, _ = task_arrays(pool, task, split)
-                acc = finetune(model, xtr[idx], ytr[idx], xte, yte, cfg["image_size"], gp, s)
+                acc = finetune(model, xtr[idx], ytr[idx], xte, tests[split][1], cfg["image_size"], gp, s)
                 secs = time.perf_counter() - t0
             rows.append(dict(model_id=model_id, task_id=task.task_id, method=method, seed=s, split=split,
                              accuracy=acc, chance=1.0 / len(task.classes), seconds=round(secs, 4)))

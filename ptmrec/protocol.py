@@ -24,6 +24,7 @@ with several seeds gives methods ``ranker#s<seed>``, which ``evaluate.collapse_s
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import time
 from concurrent.futures import Executor
@@ -286,15 +287,37 @@ def ranker_predictions(data: RankingData, folds: list[Fold], rp: RankerParams, t
     worker processes, with the same predictions and the same ``audit`` records as in this one.
     Returns (predictions, log: one row per trained ranker with the chosen point, epochs, seconds).
     """
+    units = fold_units(data, folds, rp, tp, seeds, method, grid, inner_k, tokens_of, ks)
+    return fold_results(start(units, pool), progress)
+
+
+def fold_units(data: RankingData, folds: list[Fold], rp: RankerParams, tp: TrainParams, seeds: list[int],
+               method: str = "ranker", grid: dict[str, list[Any]] | None = None, inner_k: int = 2,
+               tokens_of: Callable[[Fold], np.ndarray] | None = None, ks: list[int] | None = None) -> list[tuple]:
+    """The work of ``ranker_predictions`` (same arguments), one unit per fold, for ``start``; a fold's tokens
+    (``tokens_of``: a refitted autoencoder) are computed here, in this process."""
     setting = dict(rp=rp, tp=tp, seeds=seeds, method=method, grid=grid or {}, inner_k=inner_k, ks=ks)
     units = []
     for fold in folds:
         with audit.fold(fold.name):  # a refitted autoencoder belongs to the fold it serves
             units.append((data, fold, None if tokens_of is None else tokens_of(fold), setting, audit.is_recording()))
-    run = pool.map if pool is not None and len(units) > 1 else map  # the workers, or here, fold by fold
-    done = progress(_Sized(run(_fold_unit, units), len(units)))
+    return units
+
+
+def start(units: list[tuple], pool: Executor | None = None) -> list[Callable[[], tuple]]:
+    """Start ``units`` in the workers of ``pool`` now, in order (or, without a pool, run each here when its
+    result is asked for): one result getter per unit, for ``fold_results``. Units of several variants started
+    before one ``fold_results`` share the workers, so no worker waits for the slowest fold of a variant."""
+    if pool is None:
+        return [functools.partial(_fold_unit, u) for u in units]
+    return [pool.submit(_fold_unit, u).result for u in units]
+
+
+def fold_results(pending: list[Callable[[], tuple]],
+                 progress: Callable[[Iterable], Iterable] = iter) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The results of started units, in order, as (predictions, log); their audit records filed here."""
     preds, log = [], []
-    for p, rows, records in done:
+    for p, rows, records in progress(_Sized((get() for get in pending), len(pending))):
         preds += p
         log += rows
         audit.extend(records)
@@ -369,6 +392,7 @@ def fold_predictions(data: RankingData, fold: Fold, tokens: np.ndarray | None, r
                                             pred.groupby("task_id").seconds.first().to_dict(), s == seeds[0])
                 preds += probed + [_at_chosen_k(pred, probed, probe_k, fold, method, s)]
             log.append(dict(method=method, fold=fold.name, seed=s, epochs=len(trainer.history),
+                            kind="leave_models_out" if fold.holds_out_models else "leave_datasets_out",
                             best_epoch=trainer.best_epoch, val_loss=trainer.best_loss, seconds=secs,
                             choice={k: getattr(chosen, k) for k in sorted(grid)}, probe_k=probe_k,
                             inner_scores=table.to_dict("records") if s == seeds[0] else None,

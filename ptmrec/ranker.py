@@ -286,6 +286,15 @@ class RankerConfig(RankerParams):
                    evidence_dim=evidence_dim)
 
 
+def attention_dropout(module: nn.Module, p: float) -> nn.Module:
+    """Set the dropout on the attention weights of every nn.MultiheadAttention in ``module`` to ``p`` (torch's
+    transformer layers take one dropout for everything); returns ``module``."""
+    for m in module.modules():
+        if isinstance(m, nn.MultiheadAttention):
+            m.dropout = p
+    return module
+
+
 class _Inputs(nn.Module):
     """Shared front end: project model tokens (or look up ids) and dataset tokens to d_model."""
 
@@ -304,12 +313,20 @@ class _Inputs(nn.Module):
             self.evidence_out = nn.Parameter(torch.zeros(cfg.evidence_dim))
         layer = nn.TransformerEncoderLayer(d, cfg.heads, 2 * d, cfg.dropout, batch_first=True, norm_first=True)
         self.encoder = nn.TransformerEncoder(layer, cfg.layers, enable_nested_tensor=False)
+        attention_dropout(self.encoder, cfg.attention_dropout)
         self.cfg = cfg
 
     def models(self, model_tokens: torch.Tensor, model_indices: torch.Tensor | None,
                evidence: torch.Tensor | None = None, probed: torch.Tensor | None = None) -> torch.Tensor:
         """[B, N, D_m] tokens (or [B, N] ids), evidence [B, N, F] of the ``probed`` [B, N] models -> [B, N, d]."""
-        h = self.model_in(model_indices) if self.cfg.model_tokens == "ids" else self.model_in(model_tokens)
+        if self.cfg.model_tokens == "ids":
+            h = self.model_in(model_indices)
+        elif len(model_tokens) > 1 and torch.equal(model_tokens[1:], model_tokens[:1].expand_as(model_tokens[1:])):
+            # one candidate list for the whole batch (training, evaluation): project it once, not B times; with
+            # raw 8192-dim vectors this projection was half of a training step
+            h = self.model_in(model_tokens[:1]).expand(len(model_tokens), -1, -1)
+        else:
+            h = self.model_in(model_tokens)
         if self.cfg.evidence_dim and evidence is not None and probed is not None:
             on = probed.unsqueeze(-1).to(h.dtype)  # [B, N, 1]: unprobed models get nothing added
             h = h + on * (self.evidence_in(evidence) + self.probed_flag)
@@ -370,6 +387,7 @@ class RankingCrossAttentionTransformer(nn.Module):
         else:
             layer = nn.TransformerDecoderLayer(d, cfg.heads, 2 * d, cfg.dropout, batch_first=True, norm_first=True)
             self.decoder = nn.TransformerDecoder(layer, cfg.layers)
+        attention_dropout(self.decoder, cfg.attention_dropout)
         self.head = nn.Sequential(nn.LayerNorm(d), nn.Linear(d, 1))
 
     def forward(self, model_tokens: torch.Tensor, dataset_tokens: torch.Tensor, dataset_mask: torch.Tensor | None = None,

@@ -7,6 +7,7 @@ import pytest
 
 from ptmrec import groundtruth as G
 from ptmrec.params import GroundTruthParams
+from ptmrec.transferability import linear_probe
 
 
 def blobs(n_per_class: int, k: int, d: int, sep: float, seed: int):
@@ -20,23 +21,34 @@ def test_linear_probe_separable_vs_shuffled():
     x, y = blobs(20, 3, 16, sep=4.0, seed=0)
     xt, yt = blobs(30, 3, 16, sep=4.0, seed=0)  # same centres (same seed), fresh noise below
     xt = xt + np.random.default_rng(1).normal(size=xt.shape) * 0.1
-    assert G.linear_probe(x, y, xt, yt) == 1.0
+    assert linear_probe(x, y, xt, yt) == 1.0
     shuffled = np.random.default_rng(2).permutation(y)
-    assert G.linear_probe(x, shuffled, xt, yt) < 0.7
+    assert linear_probe(x, shuffled, xt, yt) < 0.7
 
 
 def test_linear_probe_scores_the_test_split_and_ignores_constant_or_rescaled_columns():
     x, y = blobs(10, 2, 8, sep=0.4, seed=3)
     xt, yt = blobs(40, 2, 8, sep=0.4, seed=3)
     xt = xt + np.random.default_rng(5).normal(size=xt.shape)
-    a = G.linear_probe(x, y, xt, yt)
+    a = linear_probe(x, y, xt, yt)
     assert 0.5 < a < 1.0  # a case where a mistake shows
-    assert G.linear_probe(x, y, xt, 1 - yt) == pytest.approx(1 - a)  # accuracy on the test labels given
+    assert linear_probe(x, y, xt, 1 - yt) == pytest.approx(1 - a)  # accuracy on the test labels given
     # a constant feature is standardised away (no NaN, same predictions); features are standardised per column
     const = lambda f: np.c_[np.full((len(f), 1), 5.0), f]  # noqa: E731
-    assert G.linear_probe(const(x), y, const(xt), yt) == a
+    assert linear_probe(const(x), y, const(xt), yt) == a
     scale = np.linspace(0.01, 100.0, 8)
-    assert G.linear_probe(x * scale + 3.0, y, xt * scale + 3.0, yt) == pytest.approx(a)
+    assert linear_probe(x * scale + 3.0, y, xt * scale + 3.0, yt) == pytest.approx(a)
+
+
+def test_one_probe_tested_on_two_splits_scores_each_split_as_its_own_probe_would():
+    # the noise run fits one probe for its test and fresh splits; a misaligned cut of the joint prediction
+    # would score one split's predictions against the other's labels
+    x, y = blobs(10, 3, 8, sep=0.6, seed=7)
+    tests = {s: blobs(n, 3, 8, sep=0.6, seed=7) for s, n in (("test", 15), ("fresh", 9))}
+    tests = {s: (xt + np.random.default_rng(i).normal(size=xt.shape), yt) for i, (s, (xt, yt)) in enumerate(tests.items())}
+    accs, secs = G._probe(x, y, tests, ["test", "fresh"], GroundTruthParams())
+    assert accs == {s: linear_probe(x, y, *tests[s]) for s in ("test", "fresh")}
+    assert accs["test"] != accs["fresh"] and secs > 0
 
 
 def _images(n_per_class: int, seed: int):

@@ -89,6 +89,19 @@ def test_forward_shapes_and_padding_does_not_leak(arch, tokens):
         torch.testing.assert_close(s.exp().sum(1), torch.ones(2), atol=1e-5, rtol=0)
 
 
+def test_each_row_of_a_batch_scores_its_own_candidates():
+    # a batch that shares one candidate list projects it once; a batch whose rows differ must not take that path
+    torch.manual_seed(0)
+    cfg = R.RankerConfig(model_dim=16, dataset_dim=8, n_models=5, d_model=32, heads=4, layers=1, dropout=0.0)
+    model = R.build_ranker(cfg).eval()
+    tokens, data = torch.randn(3, 5, 16), torch.randn(3, 7, 8)  # [B, N, D_m], [B, M, D_d]
+    alone = lambda t: torch.cat([model(t[b:b + 1], data[b:b + 1]) for b in range(3)])  # noqa: E731
+    shared = tokens[:1].expand(3, -1, -1).clone()
+    torch.testing.assert_close(model(shared, data), alone(shared))
+    tokens[2, 4] += 1.0  # one row differs in one candidate only
+    torch.testing.assert_close(model(tokens, data), alone(tokens))
+
+
 def test_similarity_scores_stay_a_distribution_in_training():
     """Dropout on the attention weights would zero some and scale the rest: the scores would no longer be the
     logs of a distribution over models while training."""

@@ -645,7 +645,7 @@ def test_linear_pools_the_groundtruth_probe_over_stratified_folds():
     """The estimator is the ground-truth linear probe, cross-validated on the sample: pooled held-out accuracy."""
     from sklearn.model_selection import StratifiedKFold
 
-    from ptmrec.groundtruth import linear_probe
+    from ptmrec.transferability import linear_probe
 
     x, y = blobs(n=60, d=5, sep=2.5, seed=5)
     hits = 0.0

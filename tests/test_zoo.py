@@ -301,3 +301,17 @@ def test_zoo_shards_build_what_one_process_builds(tmp_path):
     for p in whole.path:
         a, b = (load_file(tmp_path / d / p / "model.safetensors") for d in ("one", "two"))
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), p
+
+
+def test_backbones_embed_in_channels_last_as_in_the_default_layout_and_stay_contiguous():
+    # the pretrained backbones run NHWC for speed: a layout mix-up would scramble the features, and weights left
+    # in channels_last would change what stage 02 reads from them
+    m = FAMILIES["efficientnet_lite"](variant="lite0", num_classes=3, image_size=32).eval()
+    assert zoo.memory_format(m) == torch.channels_last
+    assert zoo.memory_format(FAMILIES["resnet"](width=8, num_classes=3, image_size=32)) == torch.contiguous_format
+    x = np.random.default_rng(0).integers(0, 256, (6, 32, 32, 3), dtype=np.uint8)
+    with torch.inference_mode():
+        ref = m.forward_features(zoo.to_input(x, 32)).numpy()  # [6, D], default layout
+    got = zoo.embed_images(m, x, 32)
+    np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4)
+    assert all(p.is_contiguous() for p in m.parameters())
