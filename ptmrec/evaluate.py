@@ -243,8 +243,9 @@ def learned_predictions(data: RankingData, P: Params, variants: dict[str, Rankin
     the worker processes of ``pool`` (``protocol.worker_pool``) when given."""
     E, seeds = P.evaluate, [P.run.seed + i for i in range(P.evaluate.seeds)]
     ldo = make_folds(data)
-    # every variant's folds go to the workers at once, the costliest (inner choice, every seed) first, so the
-    # workers never wait for a variant's last fold; the autoencoder refits of leave-models-out run here meanwhile
+    # every variant's folds go to one queue of workers, so none waits for a variant's last fold: the main ranker's
+    # (inner choice, every seed) first, single-training ablation folds last; the autoencoder refits of
+    # leave-models-out run here meanwhile
     pending = start(fold_units(data, ldo, P.ranker, P.train_ranker, seeds, grid=E.inner_grid, inner_k=E.inner_folds,
                                ks=E.probe_ks), pool)
     for ab in E.ablations:

@@ -140,13 +140,13 @@ def evaluate_model(model_ref: str | Path, model_id: str, pools: dict, tasks: lis
             if method == "finetune" and task.task_id not in tuned:
                 continue
             idx = np.arange(len(ytr)) if s == seed else bootstrap(ytr, s)
-            t0 = time.perf_counter()
             if method == "linear_probe":
                 if s not in probes:  # the noise run's probe is fitted once and tested on both of its splits
                     probes[s] = _probe(ftr[idx], ytr[idx], tests, [p for m, r, p in todo if m == method and r == s], gp)
                 acc = probes[s][0][split]
                 secs = probes[s][1] + fs.seconds(task, "train") + fs.seconds(task, split)
             else:
+                t0 = time.perf_counter()
                 if model is None:
                     model, cfg = load_model(model_ref)
                 xtr, _ = task_arrays(pool, task, "train")
