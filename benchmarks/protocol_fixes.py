@@ -1,12 +1,13 @@
 """How much each fix of the evaluation protocol (issue 14) moves the ranker's numbers, on a finished run.
 
-    .venv/bin/python benchmarks/protocol_fixes.py --run runs/default
+    .venv/bin/python benchmarks/protocol_fixes.py --run runs/default [--jobs 2]
 
 Stage 07 reports today's protocol; this replays the old choices one at a time, with one ranker seed each
 (stage 07 trains three), on the run's own data. The ranker is trained as stage 07 trains it (with the evidence
 channel and random probe masks) and scored at k = 0, from its tokens only:
 
-- leave-models-out (3 model folds x the leave-datasets-out folds):
+- leave-models-out (stage 07's folds: ``evaluate.model_folds`` model folds x ``evaluate.model_dataset_groups``
+  groups of held-out datasets):
   (a) ``leaky tokens, random folds``: the stage-03 tokens, whose autoencoder and standardiser were fitted on
       every model, and model folds drawn at random (siblings straddle): the old protocol;
   (b) ``leaky tokens, lineage folds``: the same tokens, folds grouped by lineage;
@@ -47,10 +48,12 @@ def summarize(pred: pd.DataFrame, data) -> dict:
 def main() -> None:
     from ptmrec import params, protocol, ranker
     from ptmrec.extract import load_vectors
+    from ptmrec.paths import jobs
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--run", type=Path, required=True)
     ap.add_argument("--json", type=Path, default=REPO / "benchmarks" / "results" / "protocol_fixes.json")
+    ap.add_argument("--jobs", type=int, default=jobs(), help="worker processes for the rankers' folds")
     a = ap.parse_args()
     run = a.run.resolve()
     P = params.load(run / "07_evaluate" / "params.resolved.yaml")
@@ -67,15 +70,17 @@ def main() -> None:
 
     def measure(name: str, folds, **kw) -> None:
         t0 = time.time()
-        pred, _ = protocol.ranker_predictions(data, folds, rp, tp, [seed], **kw)
+        with protocol.worker_pool(a.jobs) as pool:
+            pred, _ = protocol.ranker_predictions(data, folds, rp, tp, [seed], pool=pool, **kw)
         out[name] = dict(summarize(pred, data), seconds=round(time.time() - t0, 1))
         print(name, out[name], flush=True)
 
-    lineage = protocol.make_folds(data, zoo, E.model_folds, seed)
+    # stage 07's leave-models-out folds: its held-out dataset groups x lineage-grouped model folds
+    lineage = protocol.make_folds(data, zoo, E.model_folds, seed, E.model_dataset_groups)
     own = pd.Series(data.model_ids, index=data.model_ids)  # every model its own group: the old random folds
     every = np.arange(len(data.model_ids))
     random_folds = [protocol.Fold(f"{d}/m{m}", d, tr, te, np.setdiff1d(every, held), held)
-                    for d, tr, te in protocol.dataset_folds(data)
+                    for d, tr, te in protocol.dataset_groups(data, E.model_dataset_groups)
                     for m, held in enumerate(protocol.model_folds(own, E.model_folds, seed))]
     measure("lmo: leaky tokens, random folds (old)", random_folds)
     measure("lmo: leaky tokens, lineage folds", lineage)

@@ -25,9 +25,20 @@ from torch import nn
 
 from . import audit
 from .ranker import RankingData, build_combined_similarity_loader, evidence_ridge, model_inputs, zscore
+from .registry import Registry
 
-POLICIES = ("top", "uncertain")
+POLICIES = Registry("probe policy")  # name -> fn(prior [N], spread [N] or None) -> the key: the k highest are run
 DROPOUT_PASSES = 8
+
+
+@POLICIES.register("top")
+def _top(prior: np.ndarray, spread: np.ndarray | None) -> np.ndarray:
+    return prior
+
+
+@POLICIES.register("uncertain")
+def _uncertain(prior: np.ndarray, spread: np.ndarray | None) -> np.ndarray:
+    return prior + (np.zeros(len(prior)) if spread is None else spread)  # an upper confidence bound
 
 
 def attach_evidence(data: RankingData, scores: pd.DataFrame, names: list[str]) -> RankingData:
@@ -61,9 +72,12 @@ def prior_scores(model: nn.Module, data: RankingData, task: str, models: np.ndar
     inputs = model_inputs(batch)
     if not passes:
         return model.eval()(*inputs)[0].numpy()
+    # the task repeated ``passes`` times in one batch: every row draws its own dropout masks, as separate passes
+    # would, in one forward
+    inputs = tuple(None if x is None else x.expand(passes, *x.shape[1:]) for x in inputs)
     model.train()  # dropout on: a cheap spread of plausible priors
     try:
-        return torch.stack([model(*inputs)[0] for _ in range(passes)]).numpy()
+        return model(*inputs).numpy()  # [passes, N]
     finally:
         model.eval()
 
@@ -72,8 +86,7 @@ def choose_probes(policy: str, k: int, prior: np.ndarray, spread: np.ndarray | N
     """bool [N]: the ``k`` models to run, by ``policy``, from the prior's scores [N] (and their std [N])."""
     if policy not in POLICIES:
         raise ValueError(f"probe policy '{policy}'; valid: {', '.join(POLICIES)}")
-    n = len(prior)
-    key = prior if policy == "top" else prior + (np.zeros(n) if spread is None else spread)
+    n, key = len(prior), POLICIES.get(policy)(prior, spread)
     mask = np.zeros(n, bool)
     mask[np.argsort(-key, kind="stable")[:min(k, n)]] = True
     return mask

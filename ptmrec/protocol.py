@@ -186,7 +186,7 @@ def inner_choice(data: RankingData, fold: Fold, rp: RankerParams, tp: TrainParam
     passes cost seconds; a gain below the tolerance is not worth them). Returns (the point, the table of every
     point's scores: ``inner_weighted_tau`` and ``tau@<k>``, the chosen k)."""
     from .metrics import weighted_tau
-    from .probing import choose_probes, prior_scores
+    from .probing import choose_probes
 
     points = grid_points(grid)
     groups = inner_groups(data, fold.train_tasks, k)
@@ -200,10 +200,13 @@ def inner_choice(data: RankingData, fold: Fold, rp: RankerParams, tp: TrainParam
         for held in groups:
             train = [t for t in fold.train_tasks if t not in held]
             model, _ = fit_ranker(data, train, cand, tp, models=fold.train_models, seed=seed)
-            priors = {t: prior_scores(model, data, t, fold.train_models, cand.max_dataset_tokens) for t in held}
+            # every held task in one batch (no seconds are read here); the k = 0 scores are the priors
+            prior = predict(model, data, held, fold.train_models, cand.max_dataset_tokens, batch_size=len(held))
+            priors = {t: g.score.to_numpy() for t, g in prior.groupby("task_id")}  # [N] in fold.train_models order
             for c in counts:
                 probed = {t: choose_probes("top", c, priors[t]) for t in held} if c else None
-                pred = predict(model, data, held, fold.train_models, cand.max_dataset_tokens, probed)
+                pred = prior if not c else predict(model, data, held, fold.train_models, cand.max_dataset_tokens,
+                                                   probed, batch_size=len(held))
                 for t, g in pred.groupby("task_id"):
                     truth = data.accuracy_of(t)[[data.model_ids.index(m) for m in g.model_id]]
                     taus[c].append(weighted_tau(truth, g.score.to_numpy()))
@@ -233,8 +236,10 @@ def probed_predictions(model: nn.Module, data: RankingData, fold: Fold, max_toke
     """
     from .probing import DROPOUT_PASSES, POLICIES, choose_probes, estimator_at_k, prior_scores
 
-    n, cand = len(fold.test_models), fold.test_models
-    priors = {t: prior_scores(model, data, t, cand, max_tokens) for t in fold.test_tasks}  # [N] each
+    n, cand, b = len(fold.test_models), fold.test_models, len(fold.test_tasks)
+    # the passes are batched over the fold's tasks: their seconds come from ``prior_seconds`` (one task alone)
+    prior = predict(model, data, fold.test_tasks, cand, max_tokens, batch_size=b)
+    priors = {t: g.score.to_numpy() for t, g in prior.groupby("task_id")}  # [N] each, in ``cand`` order
     spreads = {t: prior_scores(model, data, t, cand, max_tokens, DROPOUT_PASSES).std(0) for t in fold.test_tasks}
     rows = {t: data.task_ids.index(t) for t in fold.test_tasks}
     out = []
@@ -244,7 +249,7 @@ def probed_predictions(model: nn.Module, data: RankingData, fold: Fold, max_toke
             label = "all" if k == n else str(k)
             probed = {t: choose_probes(policy, k, priors[t], spreads[t]) for t in fold.test_tasks}
             probe_cost = {t: float(data.probe_seconds[rows[t]][cand][probed[t]].sum()) for t in fold.test_tasks}
-            pred = predict(model, data, fold.test_tasks, cand, max_tokens, probed)
+            pred = predict(model, data, fold.test_tasks, cand, max_tokens, probed, batch_size=b)
             seconds = pred.task_id.map(lambda t: passes * prior_seconds[t] + probe_cost[t])
             out.append(pred.assign(method=f"{method}+{policy}@{label}#s{seed}", fold=fold.name, seconds=seconds))
             if not references or policy != "top":
@@ -341,16 +346,23 @@ class _Sized:
 @contextmanager
 def worker_pool(jobs: int) -> Iterator[Executor | None]:
     """``jobs`` spawned worker processes (one torch thread each: they share the machine's cores) for
-    ``ranker_predictions``, or None for ``jobs`` <= 1. Spawned, not forked: a fork of a process whose torch
-    already ran threads may hang."""
+    ``ranker_predictions``, or None for ``jobs`` <= 1; this process too runs torch on one thread while they
+    live. Spawned, not forked: a fork of a process whose torch already ran threads may hang."""
     if jobs <= 1:
         yield None
         return
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor
 
-    with ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn"), initializer=_worker_init) as pool:
-        yield pool
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # what this process runs meanwhile (autoencoder refits) shares the cores with them
+    try:
+        with ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn"), initializer=_worker_init) as pool:
+            yield pool
+    finally:
+        torch.set_num_threads(before)
 
 
 def _worker_init() -> None:

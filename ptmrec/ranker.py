@@ -70,30 +70,48 @@ class RankingData:
         return self.dataset_labels.get(task_id, np.zeros(len(self.dataset_tokens[task_id]), np.int64))
 
 
-def model_token_table(run: Path, kind: str) -> tuple[list[str], np.ndarray]:
-    """(model ids, tokens [N, D]) of a run: autoencoder codes (stage 03), raw vectors or behaviour tokens
-    (stage 02), or "both": the codes [N, D_code] and behaviour tokens [N, D_b] side by side, [N, D_code + D_b].
+MODEL_TOKENS = Registry("model token kind")  # ranker.model_tokens -> fn(run) -> (model ids, tokens [N, D])
 
-    ``kind="ids"`` reads the codes too (unused by the model), so every variant sees the same zoo.
-    """
+
+@MODEL_TOKENS.register("autoencoder")
+def _autoencoder_codes(run: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Stage 03's codes [N, D_code]."""
+    with np.load(run / "03_autoencoder" / "tokens.npz") as z:
+        return z["ids"], z["tokens"]
+
+
+MODEL_TOKENS.add("ids", _autoencoder_codes)  # learned ids: the codes are read (unused) so every variant sees one zoo
+
+
+@MODEL_TOKENS.register("vectors")
+def _raw_vectors(run: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Stage 02's raw parameter vectors [N, length]."""
     from .extract import load_vectors
 
-    run = Path(run)
-    if kind == "vectors":
-        ids, tokens = load_vectors(run / "02_model_vectors")
-    elif kind == "behaviour":
-        with np.load(run / "02_model_vectors" / "behaviour.npz") as z:
-            ids, tokens = z["ids"], z["tokens"]
-    elif kind == "both":
-        cids, codes = model_token_table(run, "autoencoder")
-        bids, beh = model_token_table(run, "behaviour")
-        row = {m: i for i, m in enumerate(bids)}
-        keep = [k for k, m in enumerate(cids) if m in row]
-        ids = [cids[k] for k in keep]
-        tokens = np.hstack([codes[keep], beh[[row[m] for m in ids]]])
-    else:
-        with np.load(run / "03_autoencoder" / "tokens.npz") as z:
-            ids, tokens = z["ids"], z["tokens"]
+    return load_vectors(run / "02_model_vectors")
+
+
+@MODEL_TOKENS.register("behaviour")
+def _behaviour_tokens(run: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Stage 02's behaviour tokens [N, D_b]."""
+    with np.load(run / "02_model_vectors" / "behaviour.npz") as z:
+        return z["ids"], z["tokens"]
+
+
+@MODEL_TOKENS.register("both")
+def _codes_and_behaviour(run: Path) -> tuple[list[str], np.ndarray]:
+    """The codes and the behaviour tokens side by side, [N, D_code + D_b], for models that have both."""
+    cids, codes = _autoencoder_codes(run)
+    bids, beh = _behaviour_tokens(run)
+    row = {m: i for i, m in enumerate(bids)}
+    keep = [k for k, m in enumerate(cids) if m in row]
+    ids = [cids[k] for k in keep]
+    return ids, np.hstack([codes[keep], beh[[row[m] for m in ids]]])
+
+
+def model_token_table(run: Path, kind: str) -> tuple[list[str], np.ndarray]:
+    """(model ids, tokens [N, D]) of a run, read by the registered kind ``kind`` (``MODEL_TOKENS``)."""
+    ids, tokens = MODEL_TOKENS.get(kind)(Path(run))
     return [str(i) for i in ids], np.asarray(tokens, np.float32)
 
 
@@ -191,9 +209,8 @@ def standardize_evidence(raw: np.ndarray, probed: np.ndarray) -> np.ndarray:
 
 def true_ranks(accuracy: np.ndarray) -> np.ndarray:
     """Rank of each model by accuracy [N] -> int [N], 0 = best; ties share the better rank."""
-    from scipy.stats import rankdata
-
-    return (rankdata(-np.asarray(accuracy), method="min") - 1).astype(np.int64)
+    neg = -np.asarray(accuracy, float)
+    return np.searchsorted(np.sort(neg), neg, side="left").astype(np.int64)  # models strictly better: the rank
 
 
 class CombinedSimilarityDataset(Dataset):
@@ -370,6 +387,24 @@ class InducedDecoderLayer(nn.Module):
         return x + self.drop(self.ff(self.norms[3](x)))
 
 
+CANDIDATE_ATTENTION = Registry("candidate attention")  # ranker.candidate_attention -> fn(cfg) -> the decoder
+
+
+@CANDIDATE_ATTENTION.register("full")
+def _full_decoder(cfg: RankerConfig) -> nn.Module:
+    """Pre-norm transformer decoder layers: self-attention across the candidates, O(N^2)."""
+    d = cfg.d_model
+    layer = nn.TransformerDecoderLayer(d, cfg.heads, 2 * d, cfg.dropout, batch_first=True, norm_first=True)
+    return nn.TransformerDecoder(layer, cfg.layers)
+
+
+@CANDIDATE_ATTENTION.register("induced")
+def _induced_decoder(cfg: RankerConfig) -> nn.Module:
+    """``InducedDecoderLayer`` s through ``cfg.inducing`` learned points, O(N)."""
+    d = cfg.d_model
+    return nn.ModuleList(InducedDecoderLayer(d, cfg.heads, 2 * d, cfg.dropout, cfg.inducing) for _ in range(cfg.layers))
+
+
 class RankingCrossAttentionTransformer(nn.Module):
     """Dataset tokens as source (encoder), model tokens as target (decoder); a score per model.
 
@@ -381,13 +416,7 @@ class RankingCrossAttentionTransformer(nn.Module):
         super().__init__()
         self.cfg, d = cfg, cfg.d_model
         self.inputs = _Inputs(cfg)
-        if cfg.candidate_attention == "induced":
-            self.decoder = nn.ModuleList(InducedDecoderLayer(d, cfg.heads, 2 * d, cfg.dropout, cfg.inducing)
-                                         for _ in range(cfg.layers))
-        else:
-            layer = nn.TransformerDecoderLayer(d, cfg.heads, 2 * d, cfg.dropout, batch_first=True, norm_first=True)
-            self.decoder = nn.TransformerDecoder(layer, cfg.layers)
-        attention_dropout(self.decoder, cfg.attention_dropout)
+        self.decoder = attention_dropout(CANDIDATE_ATTENTION.get(cfg.candidate_attention)(cfg), cfg.attention_dropout)
         self.head = nn.Sequential(nn.LayerNorm(d), nn.Linear(d, 1))
 
     def forward(self, model_tokens: torch.Tensor, dataset_tokens: torch.Tensor, dataset_mask: torch.Tensor | None = None,
@@ -434,54 +463,62 @@ class CustomSimilarityTransformer(nn.Module):
 
 ARCHITECTURES = Registry.of("ranker architecture", {"cross_attention": RankingCrossAttentionTransformer,
                                                      "similarity": CustomSimilarityTransformer})
-MODEL_TOKENS = ("autoencoder", "vectors", "ids", "behaviour", "both")
-CANDIDATE_ATTENTION = ("full", "induced")
-LOSSES = ("listnet", "listmle", "pairwise")
 
 
 def build_ranker(cfg: RankerConfig) -> nn.Module:
-    if cfg.architecture not in ARCHITECTURES:
-        raise ValueError(f"ranker.architecture '{cfg.architecture}'; valid: {', '.join(ARCHITECTURES)}")
-    if cfg.candidate_attention not in CANDIDATE_ATTENTION:
-        raise ValueError(f"ranker.candidate_attention '{cfg.candidate_attention}'; valid: full, induced")
-    if cfg.model_tokens not in MODEL_TOKENS:
-        raise ValueError(f"ranker.model_tokens '{cfg.model_tokens}'; valid: autoencoder, vectors, ids")
+    for key, reg in (("architecture", ARCHITECTURES), ("candidate_attention", CANDIDATE_ATTENTION),
+                     ("model_tokens", MODEL_TOKENS)):
+        if getattr(cfg, key) not in reg:
+            raise ValueError(f"ranker.{key} '{getattr(cfg, key)}'; valid: {', '.join(reg)}")
     return ARCHITECTURES[cfg.architecture](cfg)
 
 
 # -------------------------------------------------------------------------------- loss
 
 
-class RankingLoss(nn.Module):
-    """Loss between predicted scores [B, N] and measured accuracies [B, N] of the same models.
+LOSSES = Registry("ranking loss")  # ranker.loss -> fn(scores [B, N], accuracies [B, N], temperature) -> scalar
 
-    - ``listnet``: cross-entropy between softmax(z / temperature), z the accuracies standardised
-      within each list, and softmax(scores) (ListNet's top-one probabilities; Cao et al. 2007);
-    - ``listmle``: negative Plackett-Luce log-likelihood of the true order (Xia et al. 2008);
-    - ``pairwise``: logistic loss on every pair whose accuracies differ, weighted by the gap
-      (RankNet, Burges et al. 2005).
-    """
+
+@LOSSES.register("listnet")
+def listnet_loss(scores: torch.Tensor, true_scores: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Cross-entropy between softmax(z / temperature), z the accuracies standardised within each list, and
+    softmax(scores): ListNet's top-one probabilities (Cao et al. 2007)."""
+    z = (true_scores - true_scores.mean(1, keepdim=True)) / true_scores.std(1, keepdim=True).clamp(min=1e-6)
+    target = F.softmax(z / temperature, dim=1)
+    return -(target * F.log_softmax(scores, dim=1)).sum(1).mean()
+
+
+@LOSSES.register("listmle")
+def listmle_loss(scores: torch.Tensor, true_scores: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Negative Plackett-Luce log-likelihood of the true order (Xia et al. 2008); ``temperature`` unused."""
+    order = torch.argsort(true_scores, dim=1, descending=True)
+    s = torch.gather(scores, 1, order)  # [B, N], best first
+    tail = torch.logcumsumexp(s.flip(1), dim=1).flip(1)  # log sum_{j >= i} exp(s_j)
+    return (tail - s).sum(1).mean()
+
+
+@LOSSES.register("pairwise")
+def pairwise_loss(scores: torch.Tensor, true_scores: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Logistic loss on every pair whose accuracies differ, weighted by the gap (RankNet, Burges et al. 2005);
+    ``temperature`` unused."""
+    diff = true_scores.unsqueeze(2) - true_scores.unsqueeze(1)  # [B, N, N]: acc_i - acc_j
+    pred = scores.unsqueeze(2) - scores.unsqueeze(1)
+    w = diff.clamp(min=0)  # pairs where i truly beats j, weighted by the gap
+    return (w * F.softplus(-pred)).sum((1, 2)).div(w.sum((1, 2)).clamp(min=1e-12)).mean()
+
+
+class RankingLoss(nn.Module):
+    """The registered loss ``kind`` (``LOSSES``) between predicted scores [B, N] and measured accuracies [B, N]
+    of the same models."""
 
     def __init__(self, kind: str = "listnet", temperature: float = 0.5):
         super().__init__()
         if kind not in LOSSES:
-            raise ValueError(f"ranker.loss '{kind}'; valid: listnet, listmle, pairwise")
-        self.kind, self.temperature = kind, temperature
+            raise ValueError(f"ranker.loss '{kind}'; valid: {', '.join(LOSSES)}")
+        self.kind, self.temperature, self.fn = kind, temperature, LOSSES.get(kind)
 
     def forward(self, scores: torch.Tensor, true_scores: torch.Tensor) -> torch.Tensor:
-        if self.kind == "listnet":
-            z = (true_scores - true_scores.mean(1, keepdim=True)) / true_scores.std(1, keepdim=True).clamp(min=1e-6)
-            target = F.softmax(z / self.temperature, dim=1)
-            return -(target * F.log_softmax(scores, dim=1)).sum(1).mean()
-        if self.kind == "listmle":
-            order = torch.argsort(true_scores, dim=1, descending=True)
-            s = torch.gather(scores, 1, order)  # [B, N], best first
-            tail = torch.logcumsumexp(s.flip(1), dim=1).flip(1)  # log sum_{j >= i} exp(s_j)
-            return (tail - s).sum(1).mean()
-        diff = true_scores.unsqueeze(2) - true_scores.unsqueeze(1)  # [B, N, N]: acc_i - acc_j
-        pred = scores.unsqueeze(2) - scores.unsqueeze(1)
-        w = diff.clamp(min=0)  # pairs where i truly beats j, weighted by the gap
-        return (w * F.softplus(-pred)).sum((1, 2)).div(w.sum((1, 2)).clamp(min=1e-12)).mean()
+        return self.fn(scores, true_scores, self.temperature)
 
 
 # ----------------------------------------------------------------------------- training
@@ -565,22 +602,25 @@ def fit_ranker(data: RankingData, train_tasks: list[str], rp: RankerParams, tp: 
 
 @torch.no_grad()
 def predict(model: nn.Module, data: RankingData, task_ids: list[str], models: np.ndarray | None = None,
-            max_tokens: int = 64, probed: dict[str, np.ndarray] | None = None) -> pd.DataFrame:
+            max_tokens: int = 64, probed: dict[str, np.ndarray] | None = None, batch_size: int = 1) -> pd.DataFrame:
     """Scores of ``models`` on each task: tidy (task_id, model_id, score, seconds per task).
 
     ``probed``: task_id -> bool [len(models)], the models run on the task whose evidence the ranker sees
-    (none when absent: the prior alone).
+    (none when absent: the prior alone). ``batch_size`` 1 times each task's forward alone, as one
+    recommendation runs; larger batches (where no one reads the seconds: inner validation) charge each task
+    its share of the batch.
     """
     model.eval()
     rows = []
-    loader = build_combined_similarity_loader(data, task_ids, models, split="test", batch_size=1, max_tokens=max_tokens,
-                                              probed=probed)
+    loader = build_combined_similarity_loader(data, task_ids, models, split="test", batch_size=batch_size,
+                                              max_tokens=max_tokens, probed=probed)
     for batch in loader:
         t0 = time.perf_counter()
-        s = model(*model_inputs(batch))[0]
-        secs = time.perf_counter() - t0
-        rows += [dict(task_id=batch["dataset_names"][0], model_id=m, score=float(v), seconds=secs)
-                 for m, v in zip(batch["model_names"][0], s.tolist())]
+        scores = model(*model_inputs(batch))  # [B, N]
+        secs = (time.perf_counter() - t0) / len(scores)
+        rows += [dict(task_id=t, model_id=m, score=v, seconds=secs)
+                 for t, names, s in zip(batch["dataset_names"], batch["model_names"], scores.tolist())
+                 for m, v in zip(names, s)]
     return pd.DataFrame(rows)
 
 

@@ -25,13 +25,21 @@ import torch
 from .encoders import ClipImageEncoder
 from .params import TokensParams
 from .paths import write_csv, write_npz
+from .registry import Registry
 
 log = logging.getLogger(__name__)
 
-KINDS = ("images", "prototypes")
+KINDS = Registry("dataset token kind")  # tokens.kind -> fn(tokens [n, D], labels [n]) -> (tokens [m, D], labels [m])
 SOURCE_PROMPT = "a photo of a {}."  # ImageNet source tokens: one text embedding per class
 
 
+@KINDS.register("images")
+def _per_image(tokens: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """One token per image, as embedded."""
+    return tokens, labels
+
+
+@KINDS.register("prototypes")
 def prototypes(tokens: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Class prototypes: tokens [n, D] and labels [n] -> ([k, D] normalised class means, [k] labels, sorted)."""
     classes = np.unique(labels)
@@ -39,11 +47,10 @@ def prototypes(tokens: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.n
     return (means / np.maximum(np.linalg.norm(means, axis=1, keepdims=True), 1e-12)).astype(np.float32), classes
 
 
-def _tokens_of(encoder: ClipImageEncoder, images: np.ndarray, labels: np.ndarray, kind: str) -> tuple[np.ndarray, np.ndarray]:
+def _tokens_of(encoder: ClipImageEncoder, pixels: np.ndarray, labels: np.ndarray, kind: str) -> tuple[np.ndarray, np.ndarray]:
     if kind not in KINDS:
         raise ValueError(f"tokens.kind must be one of {', '.join(KINDS)}, got {kind!r}")
-    tokens = encoder.encode(images)
-    return prototypes(tokens, labels) if kind == "prototypes" else (tokens, labels)
+    return KINDS.get(kind)(encoder.encode(pixels), labels)
 
 
 def _task_sample(pool: Any, task: Any, tp: TokensParams, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[dict]]:

@@ -42,7 +42,30 @@ from .registry import Registry
 log = logging.getLogger(__name__)
 
 TRAINERS = Registry("trainer", normalize=lambda n: _norm(n))  # class name -> Trainer subclass; any case
-SCHEDULERS = ("cosine", "warmup_cosine", "plateau", "none")  # TrainParams.scheduler
+SCHEDULERS = Registry("scheduler")  # TrainParams.scheduler -> fn(optimizer, params) -> a torch scheduler or None
+
+
+@SCHEDULERS.register("cosine")
+def _cosine(opt: torch.optim.Optimizer, p: TrainParams) -> Any:
+    return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, p.epochs))
+
+
+@SCHEDULERS.register("warmup_cosine")
+def _warmup_cosine(opt: torch.optim.Optimizer, p: TrainParams) -> Any:
+    """Linear warm-up over the first 10% of ``p.epochs``, then cosine to zero."""
+    T, warm = p.epochs, max(1, p.epochs // 10)
+    return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: (s + 1) / warm if s < warm else
+                                             0.5 * (1 + math.cos(math.pi * (s - warm) / max(1, T - warm))))
+
+
+@SCHEDULERS.register("plateau")
+def _plateau(opt: torch.optim.Optimizer, p: TrainParams) -> Any:
+    return torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=0.5, patience=max(1, p.early_stopping_patience // 4))
+
+
+@SCHEDULERS.register("none")
+def _constant(opt: torch.optim.Optimizer, p: TrainParams) -> None:
+    return None
 
 
 def _norm(name: str) -> str:
@@ -131,19 +154,10 @@ class Trainer:
 
     def configure_scheduler(self) -> Any:
         """Stepped once per epoch by ``fit``, once per step by ``fit_steps``; ``params.epochs`` is its horizon."""
-        kind, p = self.params.scheduler, self.params
-        if kind == "cosine":
-            return torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=max(1, p.epochs))
-        if kind == "warmup_cosine":  # linear warm-up over the first 10%, then cosine to zero
-            T, warm = p.epochs, max(1, p.epochs // 10)
-            return torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: (s + 1) / warm if s < warm else
-                                                     0.5 * (1 + math.cos(math.pi * (s - warm) / max(1, T - warm))))
-        if kind == "plateau":
-            return torch.optim.lr_scheduler.ReduceLROnPlateau(
-                self.optimizer, factor=0.5, patience=max(1, p.early_stopping_patience // 4))
-        if kind == "none":
-            return None
-        raise ValueError(f"train.scheduler '{kind}'; valid: {', '.join(SCHEDULERS)}")
+        kind = self.params.scheduler
+        if kind not in SCHEDULERS:
+            raise ValueError(f"train.scheduler '{kind}'; valid: {', '.join(SCHEDULERS)}")
+        return SCHEDULERS.get(kind)(self.optimizer, self.params)
 
     def train_mode(self) -> None:
         """Put the model in training mode (a trainer with frozen modules keeps those in eval mode)."""

@@ -86,3 +86,35 @@ def test_score_table_per_method_and_task():
     table = M.score_table(pred, tr)
     assert set(table.method) == {"oracle", "anti"} and (table.n_models == 4).all()
     assert table.set_index("method").loc["anti", "kendall"] == pytest.approx(-1)
+
+
+def test_numpy_correlations_equal_scipy_on_ties_nans_and_constants():
+    """kendall (tau-b), spearman, pearson and both weighted taus are our own fast paths: each must give scipy's
+    value (NaN or a constant input -> 0) on lists with heavy ties, a NaN score, an infinite score and a
+    constant list; a tie-handling slip (tau-a for tau-b, ordinal ranks for average ranks) fails here."""
+    import warnings
+
+    from scipy import stats
+
+    refs = {"kendall": stats.kendalltau, "spearman": stats.spearmanr, "pearson": stats.pearsonr,
+            "weighted_tau": stats.weightedtau, "weighted_tau_gt": lambda x, y: stats.weightedtau(x, y, rank=None)}
+    rng = np.random.default_rng(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for i in range(400):
+            n = int(rng.integers(2, 60))
+            x = rng.integers(0, 4, n).astype(float) if i % 2 else rng.normal(size=n)
+            y = rng.integers(0, 3, n).astype(float) if i % 3 == 0 else rng.normal(size=n)
+            if i % 25 == 0:
+                y[0] = np.nan
+            if i % 37 == 0:
+                y[:] = 1.0
+            if i % 41 == 0:
+                y[-1] = np.inf
+            for name, ref in refs.items():
+                want = ref(x, y).statistic
+                want = float(want) if np.isfinite(want) and np.ptp(x) > 0 and np.ptp(y) > 0 else 0.0
+                if name.startswith("weighted"):  # weightedtau has a value for a constant list too
+                    want = float(ref(x, y).statistic)
+                    want = want if np.isfinite(want) else 0.0
+                assert getattr(M, name)(x, y) == pytest.approx(want, abs=1e-12), (name, i)

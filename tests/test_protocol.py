@@ -268,6 +268,30 @@ def test_probe_policies_and_restricted_estimator():
     assert not standardize_evidence(np.ones((3, 2)), np.array([True, False, False])).any()  # one probe: no scale
 
 
+@pytest.mark.parametrize("dropout", [0.0, 0.3])
+def test_dropout_passes_are_independent_draws_around_the_prior(dropout):
+    # the passes of the uncertain policy run as one batch of copies of the task: each copy must draw its own
+    # dropout masks (a spread of 0 would make "uncertain" the "top" policy), and without dropout every copy is
+    # the eval-mode prior itself
+    import torch
+
+    from ptmrec.probing import prior_scores
+    from ptmrec.ranker import RankerConfig, build_ranker
+
+    data, _, _, _ = tiny_world()
+    torch.manual_seed(0)
+    model = build_ranker(RankerConfig(model_dim=5, dataset_dim=6, n_models=9, d_model=16, heads=2, layers=1,
+                                      dropout=dropout))
+    models = np.arange(9)
+    prior = prior_scores(model, data, data.task_ids[0], models, 64)  # [N]
+    passes = prior_scores(model, data, data.task_ids[0], models, 64, passes=8)  # [8, N]
+    assert passes.shape == (8, 9) and not model.training
+    if dropout:
+        assert (passes.std(0) > 1e-4).all() and len({tuple(r) for r in passes.round(6)}) == 8
+    else:
+        np.testing.assert_allclose(passes, np.broadcast_to(prior, (8, 9)), rtol=1e-5, atol=1e-6)
+
+
 def test_stacking_learns_which_estimator_to_trust():
     from ptmrec.probing import fit_stacking
 

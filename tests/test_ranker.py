@@ -102,6 +102,21 @@ def test_each_row_of_a_batch_scores_its_own_candidates():
     torch.testing.assert_close(model(tokens, data), alone(tokens))
 
 
+def test_batched_prediction_equals_one_task_at_a_time():
+    # inner validation predicts all its tasks in one padded batch: each task must get the scores it gets alone,
+    # under its own name and model order (tasks have 5-8 tokens here, so the batch pads)
+    data = synthetic()
+    torch.manual_seed(0)
+    cfg = R.RankerConfig(model_dim=16, dataset_dim=8, n_models=12, d_model=16, heads=2, layers=1, dropout=0.0)
+    model = R.build_ranker(cfg)
+    tasks, models = data.task_ids[:7], np.array([3, 0, 7, 5])
+    one = R.predict(model, data, tasks, models)
+    many = R.predict(model, data, tasks, models, batch_size=len(tasks))
+    assert list(many.task_id) == list(one.task_id) and list(many.model_id) == list(one.model_id)
+    np.testing.assert_allclose(many.score, one.score, rtol=1e-5, atol=1e-6)
+    assert one.score.nunique() > len(models)  # tasks really differ, so a mix-up would show
+
+
 def test_similarity_scores_stay_a_distribution_in_training():
     """Dropout on the attention weights would zero some and scale the rest: the scores would no longer be the
     logs of a distribution over models while training."""
@@ -115,7 +130,7 @@ def test_similarity_scores_stay_a_distribution_in_training():
         torch.testing.assert_close(s.exp().sum(1), torch.ones(2), atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("kind", ["listnet", "listmle", "pairwise"])
+@pytest.mark.parametrize("kind", R.LOSSES.list())
 def test_loss_prefers_the_true_order(kind):
     truth = torch.tensor([[0.9, 0.5, 0.7, 0.1]])
     loss = R.RankingLoss(kind)
@@ -190,7 +205,7 @@ def test_load_ranker_names_the_missing_file(tmp_path):
         R.load_ranker(tmp_path)
 
 
-@pytest.mark.parametrize("attention", ["full", "induced"])
+@pytest.mark.parametrize("attention", R.CANDIDATE_ATTENTION.list())
 def test_candidate_attention_is_permutation_equivariant_and_learns(attention):
     """Reordering the candidates reorders their scores (no position leaks in); both kinds learn the task."""
     torch.manual_seed(0)

@@ -214,14 +214,15 @@ class LrSpy(Scripted):
 # 8 epochs at lr 0.05. cosine: 0.05 (1 + cos(pi (e - 1) / 8)) / 2 in epoch e. plateau (patience
 # max(1, 8 // 4) = 2, factor 0.5) under a constant validation loss: epoch 1 sets the best, epochs 2-4 are
 # bad, so the lr halves after epoch 4 and again after epoch 7. none: constant.
-LR_SCHEDULES = {
+LR_SCHEDULES = {  # every registered scheduler (the tests are parametrized over the registry)
     "cosine": [0.05 * (1 + math.cos(math.pi * e / 8)) / 2 for e in range(8)],
+    "warmup_cosine": [0.05] + [0.05 * (1 + math.cos(math.pi * (e - 1) / 7)) / 2 for e in range(1, 8)],  # warm-up: 1 epoch
     "plateau": [0.05] * 4 + [0.025] * 3 + [0.0125],
     "none": [0.05] * 8,
 }
 
 
-@pytest.mark.parametrize("scheduler", list(LR_SCHEDULES))
+@pytest.mark.parametrize("scheduler", T.SCHEDULERS.list())
 def test_recorded_lr_is_the_lr_each_epoch_used(scheduler):
     tp = TrainParams(epochs=8, scheduler=scheduler, lr=0.05, early_stopping_patience=8)
     tr = LrSpy(nn.Linear(4, 1), tp, vals=[1.0] * 8, progress=False)
@@ -234,7 +235,7 @@ def test_recorded_lr_is_the_lr_each_epoch_used(scheduler):
     assert [r["lr"] for r in hist] == pytest.approx(LR_SCHEDULES[scheduler], rel=1e-9)
 
 
-@pytest.mark.parametrize("scheduler", list(LR_SCHEDULES))
+@pytest.mark.parametrize("scheduler", T.SCHEDULERS.list())
 def test_no_validation_trains_to_the_end_and_bad_scheduler(scheduler):
     tp = TrainParams(epochs=6, scheduler=scheduler, lr=0.05, early_stopping_patience=2)
     tr = Scripted(nn.Linear(4, 1), tp, vals=[], progress=False)
