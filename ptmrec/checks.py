@@ -17,7 +17,7 @@ def choices(P: Params) -> dict[str, tuple[list[str], list[str]]]:
 
     Imports the registries (torch and all): ``check_choices`` runs once per run or ``ptmrec params``, never at import.
     """
-    from . import autoencoder, data, encoders, evaluate, extract, nets, ranker, tokens, train, transferability
+    from . import autoencoder, data, encoders, evaluate, extract, groundtruth, nets, ranker, tokens, train, transferability
 
     datasets = data.list_datasets() + sorted(P.data.image_folders) + sorted(P.data.hf_datasets)
     r = P.ranker
@@ -27,6 +27,7 @@ def choices(P: Params) -> dict[str, tuple[list[str], list[str]]]:
         "ranker.model_tokens": ([r.model_tokens], list(ranker.MODEL_TOKENS)),
         "ranker.candidate_attention": ([r.candidate_attention], list(ranker.CANDIDATE_ATTENTION)),
         "tokens.kind": ([P.tokens.kind], list(tokens.KINDS)),
+        "groundtruth.methods": (list(P.groundtruth.methods), list(groundtruth.METHODS)),
         "train_autoencoder.scheduler": ([P.train_autoencoder.scheduler], list(train.SCHEDULERS)),
         "train_ranker.scheduler": ([P.train_ranker.scheduler], list(train.SCHEDULERS)),
         "extract.extractor": ([P.extract.extractor], extract.list_extractors()),

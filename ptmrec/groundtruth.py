@@ -33,6 +33,7 @@ import torch
 
 from .params import GroundTruthParams, TrainParams
 from .paths import resume, write_csv
+from .registry import Registry
 from .transferability import probe_predict
 
 
@@ -111,6 +112,11 @@ def _probe(x_train: np.ndarray, y_train: np.ndarray, tests: dict[str, tuple[np.n
     ends = np.cumsum([len(x) for x in xs])
     accs = {s: float((p == tests[s][1]).mean()) for s, p in zip(splits, np.split(pred, ends[:-1]))}
     return accs, time.perf_counter() - t0
+
+
+# groundtruth.methods -> what measures it: the probe on stored features, or fine-tuning a copy of the model
+# (``evaluate_model`` feeds each what it reads: features from the store, or images and the loaded model)
+METHODS = Registry.of("ground-truth method", {"linear_probe": _probe, "finetune": finetune})
 
 
 def evaluate_model(model_ref: str | Path, model_id: str, pools: dict, tasks: list, gp: GroundTruthParams,

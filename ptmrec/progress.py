@@ -27,8 +27,8 @@ PLAIN_INTERVAL = 15.0  # seconds between plain lines
 
 def plain() -> bool:
     """True outside an interactive notebook, or when the driver asks for plain text."""
-    if os.environ.get("PTMREC_PLAIN_PROGRESS"):
-        return True
+    if os.environ.get("PTMREC_PLAIN_PROGRESS") or "IPython" not in sys.modules:
+        return True  # a notebook kernel has imported IPython long before any of our code runs: no import here
     try:
         from IPython import get_ipython
 

@@ -153,11 +153,12 @@ def make_folds(data: RankingData, zoo: pd.DataFrame | None = None, model_k: int 
 def refit_tokens(vectors: np.ndarray, data: RankingData, train_models: np.ndarray, ap: AutoEncoderParams,
                  tp: TrainParams, seed: int, out_dir: Path) -> np.ndarray:
     """Model tokens [N, code_dim] of every model of ``data`` from an autoencoder (and standardiser) fitted
-    on ``train_models`` only; ``vectors`` [N, input_dim] follow ``data.model_ids``."""
+    on ``train_models`` only; ``vectors`` [N, input_dim] follow ``data.model_ids``. Its epochs show progress
+    (minutes on the default zoo, while stage 07's workers train)."""
     from .autoencoder import train_autoencoder
 
     ids = [data.model_ids[i] for i in train_models]
-    ae, _ = train_autoencoder(ids, vectors[train_models], ap, tp, out_dir, seed=seed, progress=False)
+    ae, _ = train_autoencoder(ids, vectors[train_models], ap, tp, out_dir, seed=seed, progress=True)
     return ae.encode_numpy(vectors)
 
 
@@ -178,45 +179,52 @@ PROBE_TOLERANCE = 0.02  # the chosen k: the fewest probed models within this inn
 
 
 def inner_choice(data: RankingData, fold: Fold, rp: RankerParams, tp: TrainParams, grid: dict[str, list[Any]],
-                 k: int, seed: int, ks: list[int] | None = None) -> tuple[RankerParams, pd.DataFrame, int]:
+                 k: int, seed: int, ks: list[int] | None = None,
+                 progress: Callable[[Iterable], Iterable] = iter) -> tuple[RankerParams, pd.DataFrame, int]:
     """Choices by inner leave-datasets-out validation on the fold's training tasks and models (never its test
     tasks): the grid point with the best mean weighted tau (tokens only, k = 0), and, with ``ks`` and evidence
     in ``data``, how many models to probe: the fewest k (0 or ``probe_ks(ks, N)``, the ``top`` k of the prior)
     whose mean weighted tau under the chosen point is within ``PROBE_TOLERANCE`` of the best k's (forward
     passes cost seconds; a gain below the tolerance is not worth them). Returns (the point, the table of every
-    point's scores: ``inner_weighted_tau`` and ``tau@<k>``, the chosen k)."""
-    from .metrics import weighted_tau
-    from .probing import choose_probes
-
+    point's scores: ``inner_weighted_tau`` and ``tau@<k>``, the chosen k). ``progress`` wraps the trainings."""
     points = grid_points(grid)
     groups = inner_groups(data, fold.train_tasks, k)
     counts = [0] + probe_ks(ks, len(fold.train_models)) if ks and data.evidence is not None else [0]
     if (len(points) < 2 and len(counts) < 2) or len(groups) < 2:
         return rp, pd.DataFrame([dict(point=str(p), inner_weighted_tau=np.nan) for p in points]), 0
-    rows = []
-    for point in points:
-        cand = dataclasses.replace(rp, **point)
-        taus: dict[int, list[float]] = {c: [] for c in counts}
-        for held in groups:
-            train = [t for t in fold.train_tasks if t not in held]
-            model, _ = fit_ranker(data, train, cand, tp, models=fold.train_models, seed=seed)
-            # every held task in one batch (no seconds are read here); the k = 0 scores are the priors
-            prior = predict(model, data, held, fold.train_models, cand.max_dataset_tokens, batch_size=len(held))
-            priors = {t: g.score.to_numpy() for t, g in prior.groupby("task_id")}  # [N] in fold.train_models order
-            for c in counts:
-                probed = {t: choose_probes("top", c, priors[t]) for t in held} if c else None
-                pred = prior if not c else predict(model, data, held, fold.train_models, cand.max_dataset_tokens,
-                                                   probed, batch_size=len(held))
-                for t, g in pred.groupby("task_id"):
-                    truth = data.accuracy_of(t)[[data.model_ids.index(m) for m in g.model_id]]
-                    taus[c].append(weighted_tau(truth, g.score.to_numpy()))
-        rows.append(dict(point=str(point), inner_weighted_tau=float(np.mean(taus[0])), **point,
-                         **{f"tau@{c}": float(np.mean(taus[c])) for c in counts[1:]}))
-    table = pd.DataFrame(rows)
+    taus: list[dict[int, list[float]]] = [{c: [] for c in counts} for _ in points]  # per point: k -> task taus
+    for i, held in progress([(i, held) for i in range(len(points)) for held in groups]):
+        for c, values in _inner_taus(data, fold, dataclasses.replace(rp, **points[i]), tp, held, counts, seed).items():
+            taus[i][c] += values
+    table = pd.DataFrame([dict(point=str(point), inner_weighted_tau=float(np.mean(t[0])), **point,
+                               **{f"tau@{c}": float(np.mean(t[c])) for c in counts[1:]})
+                          for point, t in zip(points, taus)])
     best = int(np.argmax(table.inner_weighted_tau.to_numpy()))
     by_k = np.array([table.inner_weighted_tau[best]] + [table[f"tau@{c}"][best] for c in counts[1:]])
     probe_k = int(min(c for c, v in zip(counts, by_k) if v >= by_k.max() - PROBE_TOLERANCE))
     return dataclasses.replace(rp, **points[best]), table, probe_k
+
+
+def _inner_taus(data: RankingData, fold: Fold, rp: RankerParams, tp: TrainParams, held: list[str],
+                counts: list[int], seed: int) -> dict[int, list[float]]:
+    """Train on the fold's training tasks but ``held``; the weighted tau of each held task with the ``top`` c
+    models of the prior probed, for every c of ``counts`` (0: the prior alone)."""
+    from .metrics import weighted_tau
+    from .probing import choose_probes
+
+    train = [t for t in fold.train_tasks if t not in held]
+    model, _ = fit_ranker(data, train, rp, tp, models=fold.train_models, seed=seed)
+    # every held task in one batch (no seconds are read here); the k = 0 scores are the priors
+    prior = predict(model, data, held, fold.train_models, rp.max_dataset_tokens, batch_size=len(held))
+    priors = {t: g.score.to_numpy() for t, g in prior.groupby("task_id")}  # [N] in fold.train_models order
+    out: dict[int, list[float]] = {}
+    for c in counts:
+        probed = {t: choose_probes("top", c, priors[t]) for t in held} if c else None
+        pred = prior if not c else predict(model, data, held, fold.train_models, rp.max_dataset_tokens, probed,
+                                           batch_size=len(held))
+        out[c] = [weighted_tau(data.accuracy_of(t)[[data.model_ids.index(m) for m in g.model_id]], g.score.to_numpy())
+                  for t, g in pred.groupby("task_id")]
+    return out
 
 
 def probe_ks(ks: list[int], n: int) -> list[int]:

@@ -230,6 +230,11 @@ class CombinedSimilarityDataset(Dataset):
         self.max_tokens, self.sample = max_tokens, sample
         self.rng = np.random.default_rng(seed)
         self.probed = probed  # task_id -> bool [N] over ``models``: which were run on the task (evidence)
+        # one candidate list for every item: built once and shared (``collate`` then expands it, no copy; raw
+        # 8192-dim vectors made a copy per item and per batch cost a third of a training step)
+        self.model_tokens = torch.from_numpy(np.ascontiguousarray(data.model_tokens[self.models]))  # [N, D_m]
+        self.model_indices = torch.from_numpy(self.models.astype(np.int64))
+        self.model_names = [data.model_ids[k] for k in self.models]
 
     def __len__(self) -> int:
         return len(self.task_ids)
@@ -239,10 +244,10 @@ class CombinedSimilarityDataset(Dataset):
         tokens = self.data.dataset_tokens[t]  # [M, D_d]
         tokens = tokens[subsample_tokens(self.data.labels_of(t), self.max_tokens, self.rng if self.sample else None)]
         acc = self.data.accuracy_of(t)[self.models]  # [N]
-        item = dict(dataset_tokens=torch.from_numpy(tokens), model_tokens=torch.from_numpy(self.data.model_tokens[self.models]),
+        item = dict(dataset_tokens=torch.from_numpy(tokens), model_tokens=self.model_tokens,
                     true_scores=torch.from_numpy(acc.astype(np.float32)), true_ranks=torch.from_numpy(true_ranks(acc)),
-                    model_names=[self.data.model_ids[k] for k in self.models], dataset_name=t,
-                    model_indices=torch.from_numpy(self.models.astype(np.int64)), dataset_split=self.split)
+                    model_names=self.model_names, dataset_name=t, model_indices=self.model_indices,
+                    dataset_split=self.split)
         if self.data.evidence is not None:
             raw = self.data.evidence[self.data.task_ids.index(t)][self.models]  # [N, F]
             probed = self.probed.get(t) if self.probed is not None else None
@@ -261,7 +266,13 @@ def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
     for b, it in enumerate(items):
         k = len(it["dataset_tokens"])
         tokens[b, :k], mask[b, :k] = it["dataset_tokens"], False
-    stack = lambda key: torch.stack([it[key] for it in items])  # noqa: E731
+
+    def stack(key: str) -> torch.Tensor:  # [B, ...]; one tensor shared by every item: a view, not B copies
+        first = items[0][key]
+        if all(it[key] is first for it in items):
+            return first.unsqueeze(0).expand(len(items), *first.shape)
+        return torch.stack([it[key] for it in items])
+
     out = dict(dataset_tokens=tokens, dataset_mask=mask, model_tokens=stack("model_tokens"),
                true_ranks=stack("true_ranks"), true_scores=stack("true_scores"),
                model_names=[it["model_names"] for it in items], dataset_names=[it["dataset_name"] for it in items],
@@ -338,7 +349,8 @@ class _Inputs(nn.Module):
         """[B, N, D_m] tokens (or [B, N] ids), evidence [B, N, F] of the ``probed`` [B, N] models -> [B, N, d]."""
         if self.cfg.model_tokens == "ids":
             h = self.model_in(model_indices)
-        elif len(model_tokens) > 1 and torch.equal(model_tokens[1:], model_tokens[:1].expand_as(model_tokens[1:])):
+        elif len(model_tokens) > 1 and (model_tokens.stride(0) == 0 or
+                                        torch.equal(model_tokens[1:], model_tokens[:1].expand_as(model_tokens[1:]))):
             # one candidate list for the whole batch (training, evaluation): project it once, not B times; with
             # raw 8192-dim vectors this projection was half of a training step
             h = self.model_in(model_tokens[:1]).expand(len(model_tokens), -1, -1)

@@ -112,9 +112,11 @@ def extract_dataset_tokens(pools: dict, tasks: list, encoder: ClipImageEncoder, 
     index = pd.DataFrame(rows)
     write_csv(out_dir / "tokens_index.csv", index)
     shortfalls = pd.DataFrame(short, columns=["task_id", "cls", "have", "wanted"])
-    if len(shortfalls):
-        log.warning("%d class(es) have fewer than %d images: all taken (%s)", len(shortfalls), tp.per_class,
-                    "; ".join(f"{r.task_id}/{r.cls}: {r.have}" for r in shortfalls.itertuples()))
+    if len(shortfalls):  # a few examples: the returned table (stage 04's shortfalls.csv) has them all
+        first = "; ".join(f"{r.task_id}/{r.cls}: {r.have}" for r in shortfalls.head(3).itertuples())
+        more = f"; {len(shortfalls) - 3} more in the shortfalls table" if len(shortfalls) > 3 else ""
+        log.warning("%d class(es) have fewer than %d images: all of theirs taken (%s%s)", len(shortfalls),
+                    tp.per_class, first, more)
     return index, shortfalls
 
 

@@ -89,6 +89,8 @@ def test_section_hash_is_stable_and_sensitive():
     ("ranker", "loss", "hinge"), ("tokens", "kind", "patches"), ("train_ranker", "scheduler", "step"),
     ("extract", "extractor", "histogram"), ("encoder", "name", "clip-large"), ("baselines", "scorers", ["logme", "nope"]),
     ("tasks", "datasets", {"not-a-dataset": 2}), ("evaluate", "ablations", ["no_brain"]),
+    ("groundtruth", "methods", ["linear_probe", "knn_probe"]), ("ranker", "candidate_attention", "sparse"),
+    ("ranker", "model_tokens", "pixels"),
 ])
 def test_every_choice_is_checked_before_any_work(section, key, value):
     from ptmrec.checks import check_choices
