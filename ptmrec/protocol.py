@@ -233,21 +233,21 @@ def probe_ks(ks: list[int], n: int) -> list[int]:
 
 
 def probed_predictions(model: nn.Module, data: RankingData, fold: Fold, max_tokens: int, ks: list[int],
-                       method: str, seed: int, prior_seconds: dict[str, float],
-                       references: bool = False) -> list[pd.DataFrame]:
+                       method: str, seed: int, prior: pd.DataFrame, references: bool = False) -> list[pd.DataFrame]:
     """The ranker with ``k`` probed models for every k and policy of ``probing.POLICIES`` (methods
     ``<method>+<policy>@<k>#s<seed>``; k equal to the number of candidates is written ``all``), and, with
     ``references``, the matching single-estimator references (``<estimator>@<k>`` on the ``top`` probes).
 
     Seconds per recommendation: the ranker's passes (prior, dropout spread for ``uncertain``, posterior)
     plus the forward pass and the evidence estimators of each probed model (``data.probe_seconds``).
+    ``prior``: the model's own k = 0 predictions on the fold (``predict``, one task at a time: its seconds are
+    one pass of a recommendation).
     """
     from .probing import DROPOUT_PASSES, POLICIES, choose_probes, estimator_at_k, prior_scores
 
     n, cand, b = len(fold.test_models), fold.test_models, len(fold.test_tasks)
-    # the passes are batched over the fold's tasks: their seconds come from ``prior_seconds`` (one task alone)
-    prior = predict(model, data, fold.test_tasks, cand, max_tokens, batch_size=b)
     priors = {t: g.score.to_numpy() for t, g in prior.groupby("task_id")}  # [N] each, in ``cand`` order
+    prior_seconds = prior.groupby("task_id").seconds.first().to_dict()  # the posterior passes below are batched
     spreads = {t: prior_scores(model, data, t, cand, max_tokens, DROPOUT_PASSES).std(0) for t in fold.test_tasks}
     rows = {t: data.task_ids.index(t) for t in fold.test_tasks}
     out = []
@@ -408,8 +408,8 @@ def fold_predictions(data: RankingData, fold: Fold, tokens: np.ndarray | None, r
             pred = predict(model, d, fold.test_tasks, fold.test_models, chosen.max_dataset_tokens)
             preds.append(pred.assign(method=f"{method}#s{s}", fold=fold.name))
             if ks and d.evidence is not None:
-                probed = probed_predictions(model, d, fold, chosen.max_dataset_tokens, ks, method, s,
-                                            pred.groupby("task_id").seconds.first().to_dict(), s == seeds[0])
+                probed = probed_predictions(model, d, fold, chosen.max_dataset_tokens, ks, method, s, pred,
+                                            s == seeds[0])
                 preds += probed + [_at_chosen_k(pred, probed, probe_k, fold, method, s)]
             log.append(dict(method=method, fold=fold.name, seed=s, epochs=len(trainer.history),
                             kind="leave_models_out" if fold.holds_out_models else "leave_datasets_out",
