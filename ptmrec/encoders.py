@@ -44,6 +44,7 @@ import torch.nn.functional as F
 from .params import EncoderParams
 from .paths import read_json, write_json
 from .registry import Registry
+from .serve import sha256
 
 log = logging.getLogger(__name__)
 
@@ -509,15 +510,7 @@ def build_embedded(p: EncoderParams, folder: str | Path, cache_dir: str | Path, 
 # ----------------------------------------------------------------------------- the traced image tower
 
 TOWER_FORMAT = 1  # bump when the saved tower's layout changes: ``load_image_tower`` then refuses the old one
-TOWER_FILE, TOWER_META = "image_tower.pt", "image_tower.json"
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+TOWER_FILE, TOWER_META, TOWER_ONNX = "image_tower.pt", "image_tower.json", "image_tower.onnx"
 
 
 def save_image_tower(encoder: ClipImageEncoder, folder: str | Path, atol: float = 1e-4) -> Path:
@@ -550,10 +543,28 @@ def save_image_tower(encoder: ClipImageEncoder, folder: str | Path, atol: float 
         torch.jit.save(traced, str(tmp))
     meta = dict(format=TOWER_FORMAT, name=encoder.name, image_size=s, interpolation=encoder.interpolation,
                 dim=encoder.dim, scale=encoder._scale.flatten().cpu().tolist(), shift=encoder._shift.flatten().cpu().tolist(),
-                sha256=_sha256(folder / TOWER_FILE), torch=torch.__version__, trace_max_abs_diff=err,
-                encoder={k: v for k, v in encoder.info.items() if k in ("model_name", "key", "pretrained", "checkpoint")})
+                sha256=sha256(folder / TOWER_FILE), torch=torch.__version__, trace_max_abs_diff=err,
+                encoder={k: v for k, v in encoder.info.items() if k in ("model_name", "key", "pretrained", "checkpoint")},
+                onnx=_export_onnx_tower(encoder, visual, folder, atol))
     write_json(folder / TOWER_META, meta)
     return folder / TOWER_FILE
+
+
+def _export_onnx_tower(encoder: ClipImageEncoder, visual: torch.nn.Module, folder: Path, atol: float) -> dict:
+    """The tower as ONNX too (``serve.export_tower``: what ``ptmrec recommend`` runs without torch): its file,
+    SHA-256 and largest difference from the eager model, or why it was skipped (recommend then uses the trace)."""
+    from . import serve
+
+    path = folder / TOWER_ONNX
+    try:
+        with torch.inference_mode(False):
+            err = serve.export_tower(copy.deepcopy(visual).cpu(), encoder.image_size, path,
+                                     lambda x: encoder.model.encode_image(x.to(encoder.device)).cpu())
+    except Exception as e:  # noqa: BLE001 -- an architecture the exporter cannot take costs only the fast path
+        path.unlink(missing_ok=True)
+        log.warning("%s: no ONNX image tower (%s); ptmrec recommend will load the traced one", encoder.name, e)
+        return {"skipped": " ".join(f"{type(e).__name__}: {e}".split())[:300]}
+    return dict(file=TOWER_ONNX, sha256=sha256(path), max_abs_diff=err)
 
 
 class TracedImageEncoder(ClipImageEncoder):
@@ -600,7 +611,7 @@ def load_image_tower(folder: str | Path, device: str = "cpu", batch_size: int = 
     meta = read_json(meta_path)
     if meta.get("format") != TOWER_FORMAT:
         raise ValueError(f"{meta_path}: tower format {meta.get('format')}, this version reads {TOWER_FORMAT}")
-    if meta.get("sha256") != _sha256(path):
+    if meta.get("sha256") != sha256(path):
         raise ValueError(f"{path}: its SHA-256 differs from the one stage 04 recorded in {meta_path.name}")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # "torch.jit.load is deprecated"

@@ -43,12 +43,14 @@ import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
 import numpy as np
 import pandas as pd
-import torch
-import torch.nn as nn
+
+if TYPE_CHECKING:  # torch is imported where it is used: reading a profile (``ptmrec recommend``) needs none
+    import torch
+    import torch.nn as nn
 
 PROFILE_COLUMNS = ["model", "device", "latency_p50_ms", "latency_p95_ms", "latency_mean_ms", "latency_cv",
                    "latency_cpu_p50_ms", "latency_cpu_cv",
@@ -74,6 +76,8 @@ def device_tag(device: str) -> str:
 
 def check_device(device: str) -> torch.device:
     """The torch device for ``device``, or HardwareError when it is malformed or not on this machine."""
+    import torch
+
     try:
         d = torch.device(device)
     except (RuntimeError, TypeError) as e:
@@ -117,6 +121,8 @@ def _memory_gb() -> float | None:
 
 def machine_description(device: str) -> dict[str, Any]:
     """What the figures were measured on: CPU model and cores, memory, torch, threads, load, GPU."""
+    import torch
+
     d = check_device(device)
     desc = dict(device=str(device), cpu=_cpu_model(), logical_cpus=os.cpu_count(),
                 usable_cpus=len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
@@ -138,6 +144,8 @@ def machine_description(device: str) -> dict[str, Any]:
 @contextmanager
 def _threads(n: int) -> Iterator[int]:
     """torch intra-op threads set to ``n`` (0: leave torch's default) for the block; yields the number used."""
+    import torch
+
     before = torch.get_num_threads()
     if n > 0:
         torch.set_num_threads(n)
@@ -148,6 +156,8 @@ def _threads(n: int) -> Iterator[int]:
 
 
 def _sync(device: torch.device) -> None:
+    import torch
+
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     elif device.type == "mps":
@@ -156,6 +166,8 @@ def _sync(device: torch.device) -> None:
 
 def _input(batch: int, image_size: int, device: torch.device) -> torch.Tensor:
     """A fixed random input [B, 3, S, S] at the zoo's scale (to_input maps pixels to about [-1, 1])."""
+    import torch
+
     g = torch.Generator().manual_seed(0)
     return torch.rand(batch, 3, image_size, image_size, generator=g).mul_(2).sub_(1).to(device)
 
@@ -195,6 +207,8 @@ def time_latency(model: nn.Module, image_size: int, device: str, warmup: int, re
     CPU with one torch thread, where it is all the work of the call: it leaves out the time the call
     waited for the processor, so it estimates the latency on an idle machine when others share it.
     """
+    import torch
+
     d, x = _on_device(model, image_size, device)
     with _threads(threads) as used, torch.inference_mode():
         wall, cpu = _time_calls(lambda: model.forward_features(x), d, warmup, repeats)
@@ -214,6 +228,8 @@ def _cpu_forward_peak(fn: Callable[[], Any]) -> int:
     The profiler (``profile_memory=True``) reports every CPU allocation and free with the running
     total of bytes it has seen allocated since it started; the maximum of that total is the peak.
     """
+    import torch
+
     from torch.profiler import ProfilerActivity, profile
 
     os.environ.setdefault("KINETO_LOG_LEVEL", "6")  # 6 = above USDT: keep kineto's start/stop lines out of notebooks
@@ -241,6 +257,8 @@ def forward_peak_bytes(model: nn.Module, image_size: int, device: str, batch: in
 
     ``warm``: run one forward first, so one-off lazy initialisation does not count as the model's memory.
     """
+    import torch
+
     d, x = _on_device(model, image_size, device, batch)
     fixed = state_bytes(model) + x.numel() * x.element_size()
     with torch.inference_mode():
@@ -260,6 +278,8 @@ def forward_peak_bytes(model: nn.Module, image_size: int, device: str, batch: in
 
 def count_flops(model: nn.Module, image_size: int, device: str = "cpu") -> int:
     """FLOPs of one batch-1 forward_features (torch.utils.flop_counter: 2 per multiply-accumulate)."""
+    import torch
+
     from torch.utils.flop_counter import FlopCounterMode
 
     _, x = _on_device(model, image_size, device)
@@ -276,6 +296,8 @@ def count_ops(model: nn.Module, image_size: int, device: str = "cpu") -> int:
 
     Tiny models are bound by per-operator overhead (dispatch, kernel launch), not by arithmetic.
     """
+    import torch
+
     from torch.utils._python_dispatch import TorchDispatchMode
 
     class _Count(TorchDispatchMode):
@@ -299,6 +321,8 @@ def profile_model(model: nn.Module, image_size: int, device: str, warmup: int, r
     then ``max(3, repeats // 10)`` timed batches of ``batch_size``. Returns a dict with the per-call
     times (``samples``, a ``time_latency`` frame) beside the summary figures.
     """
+    import torch
+
     d = check_device(device)
     model.eval().to(d)
     with _threads(threads) as used:
@@ -330,6 +354,8 @@ def profile_zoo(zoo_dir: str | Path, index: pd.DataFrame, device: str, warmup: i
     round of one. p50/p95 pool all rounds; ``latency_cv`` is std / mean of the per-round medians.
     A model that fails to load or run is skipped with its reason, not fatal.
     """
+    import torch
+
     from .zoo import load_model
 
     check_device(device)

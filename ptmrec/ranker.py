@@ -37,9 +37,10 @@ from torch.utils.data import DataLoader, Dataset
 
 from .params import RankerParams, TrainParams
 from .registry import Registry
+from .serve import RANKER_FORMAT as FORMAT  # the saved folder's version (serve: read without torch)
+from .tokens import subsample_tokens
 from .train import Trainer, register_trainer, split_ids
 
-FORMAT = 2  # version of the saved ranker folder; ``ptmrec recommend`` refuses others (2: the evidence read-out)
 
 
 # ------------------------------------------------------------------------------- data
@@ -134,32 +135,6 @@ def load_ranking_data(run: Path, target_method: str, seed: int, model_tokens: st
                        accuracy=acc.loc[task_ids, ids].to_numpy(float),
                        datasets=dict(zip(tasks.task_id, tasks.dataset)),
                        dataset_labels={t: shards[t]["labels"] for t in task_ids})
-
-
-def subsample_tokens(labels: np.ndarray, max_tokens: int, rng: np.random.Generator | None = None) -> np.ndarray:
-    """Indices of at most ``max_tokens`` dataset tokens, class-balanced: int64 [min(M, max_tokens)], sorted.
-
-    ``labels`` [M] is each token's class. Every class keeps ``max_tokens // k`` tokens (the remainder goes
-    to the first classes; a class with fewer keeps all it has and leaves its share to the others), taken
-    evenly spaced within the class, or at random with ``rng`` (training augmentation). The one rule for
-    training, evaluation and ``ptmrec recommend``: no class is ever dropped while it fits.
-    """
-    labels = np.asarray(labels)
-    if len(labels) <= max_tokens:
-        return np.arange(len(labels), dtype=np.int64)
-    members = [np.flatnonzero(labels == c) for c in np.unique(labels)]  # [k] index arrays
-    quota = np.zeros(len(members), np.int64)
-    left = max_tokens
-    while left > 0:  # water-filling: one token per class per round, only to classes that have more
-        open_ = [i for i, m in enumerate(members) if quota[i] < len(m)]
-        for i in open_[:left]:
-            quota[i] += 1
-        left -= min(left, len(open_))
-    keep = []
-    for m, q in zip(members, quota):
-        pick = rng.choice(len(m), q, replace=False) if rng is not None else np.linspace(0, len(m) - 1, q).round()
-        keep.append(m[np.asarray(pick, np.int64)])
-    return np.sort(np.concatenate(keep)).astype(np.int64)
 
 
 def zscore(x: np.ndarray, axis: int = 0) -> np.ndarray:
@@ -636,16 +611,27 @@ def predict(model: nn.Module, data: RankingData, task_ids: list[str], models: np
     return pd.DataFrame(rows)
 
 
-def save_ranker(model: nn.Module, folder: Path, extra: dict[str, Any] | None = None) -> Path:
-    """config.json (RankerConfig + ``extra`` + ``format``) + model.safetensors in ``folder``."""
+def save_ranker(model: nn.Module, folder: Path, extra: dict[str, Any] | None = None,
+                model_tokens: np.ndarray | None = None) -> Path:
+    """config.json (RankerConfig + ``extra`` + ``format``) + model.safetensors in ``folder``; with the zoo's
+    ``model_tokens`` [N, D_m] (in ``extra["model_ids"]`` order, cut at ``extra["max_dataset_tokens"]``) also
+    ranker.onnx, the tokens-only ranking that ``ptmrec recommend`` runs without torch (``serve.export_ranker``)."""
     from safetensors.torch import save_file
 
+    from . import serve
     from .paths import atomic_path, write_json
 
-    folder = Path(folder)
+    folder, extra = Path(folder), dict(extra or {})
     with atomic_path(folder / "model.safetensors") as tmp:
         save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp))
-    write_json(folder / "config.json", {**dataclasses.asdict(model.cfg), **(extra or {}), "format": FORMAT})
+    (folder / serve.RANKER_ONNX).unlink(missing_ok=True)  # never beside weights it was not exported from
+    if model_tokens is not None:
+        try:
+            err = serve.export_ranker(model.cpu(), model_tokens, int(extra.get("max_dataset_tokens", model.cfg.max_dataset_tokens)), folder)
+            extra["onnx"] = dict(file=serve.RANKER_ONNX, sha256=serve.sha256(folder / serve.RANKER_ONNX), max_abs_diff=err)
+        except (ValueError, RuntimeError) as e:  # recommend falls back to the torch ranker
+            extra["onnx"] = {"skipped": " ".join(f"{type(e).__name__}: {e}".split())[:300]}
+    write_json(folder / "config.json", {**dataclasses.asdict(model.cfg), **extra, "format": FORMAT})
     return folder
 
 

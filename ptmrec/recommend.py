@@ -17,10 +17,13 @@ first ranking are run on the images, scored by the ranker's evidence estimators 
 the ranker ranks again with that evidence; the table then says which models were probed and what each
 cost (``probed``, ``probe_seconds``).
 
-A fast cold start: stage 04 saves the encoder's image tower traced (``encoders.save_image_tower``)
-in ``04_dataset_tokens/image_tower/``; loading it needs torch alone, not open_clip, timm or
-transformers. A run without it (an older run) falls back to building the encoder, with one line
-on stderr saying so. Nothing heavy is imported at module level: the input checks run first.
+A fast cold start: stage 04 exports the encoder's image tower (``encoders.save_image_tower``: traced
+for torch and as ONNX) and stage 06 the ranker with the zoo's model tokens folded in (``ranker.save_ranker``,
+ONNX); a tokens-only recommendation on the CPU runs both with onnxruntime and never imports torch
+(``ptmrec.serve``; torch's import alone took about 2 s of a 3.5 s cold call). Probing (``--probe``), another
+device or a run without the exports (an older run) use torch: the traced tower, else the encoder built through
+open_clip, with one line on stderr saying why. Nothing heavy is imported at module level: the input checks
+run first.
 
 The tables are designed to grow: a boolean ``probed`` column and ``probe_seconds`` (models run on
 the images, ``--probe K``) are shown by ``to_html``/the report whenever a table holds them.
@@ -121,7 +124,7 @@ def check_images(images: str | Path) -> Path:
 def check_run(run: str | Path) -> dict[str, Any]:
     """The run's ranker config, after checking every file a recommendation reads is there."""
     from .paths import read_json
-    from .ranker import FORMAT
+    from .serve import RANKER_FORMAT as FORMAT
 
     run = Path(run)
     if run.is_file():
@@ -172,19 +175,35 @@ def run_encoder(run: Path, P: Any, device: str = "cpu") -> Any:
     return encoders.build_encoder(P.encoder, device, cache_folder(P.data, Path(run).resolve().parent))
 
 
-def image_encoder(run: Path, P: Any, device: str = "cpu", traced: bool = True) -> tuple[Any, str]:
+def image_encoder(run: Path, P: Any, device: str = "cpu", traced: bool = True,
+                  notes: list[str] | None = None) -> tuple[Any, str]:
     """(encoder, how): the traced tower stage 04 saved in the run (``how`` "traced"), else the full encoder
-    built through open_clip (``how`` "open_clip"), with one line on stderr saying why."""
+    built through open_clip (``how`` "open_clip"), with why appended to ``notes`` (else printed on stderr)."""
     from . import encoders
 
     if traced:
         try:
             return encoders.load_image_tower(Path(run) / TOWER_DIR, device, P.encoder.batch_size), "traced"
         except (FileNotFoundError, ValueError) as e:
-            why = " ".join(str(e).split())
-            print(f"ptmrec recommend: no usable traced image tower ({why}); building the encoder through open_clip "
-                  "instead (slower; re-run stage 04_dataset_tokens to save one)", file=sys.stderr)
+            why = f"no usable traced image tower ({' '.join(str(e).split())})"
+            if notes is None:
+                print(f"ptmrec recommend: {why}; building the encoder through open_clip instead", file=sys.stderr)
+            else:
+                notes.append(why)
     return run_encoder(run, P, device), "open_clip"
+
+
+def onnx_pair(run: Path, P: Any, notes: list[str]) -> tuple[Any, Any] | None:
+    """(``serve.OnnxTower``, ``serve.OnnxRanker``) of the run, to embed and rank without torch; None, with why
+    appended to ``notes``, when the run has no usable export (an older run) or onnxruntime is missing."""
+    from . import serve
+
+    try:
+        return (serve.OnnxTower(Path(run) / TOWER_DIR, batch_size=P.encoder.batch_size),
+                serve.OnnxRanker(Path(run) / "06_ranker" / "ranker"))
+    except (FileNotFoundError, ValueError, ImportError) as e:
+        notes.append(f"no ONNX export to run ({' '.join(str(e).split())})")
+        return None
 
 
 def ranker_inputs(run: Path, cfg: dict[str, Any], tokens: np.ndarray,
@@ -192,11 +211,12 @@ def ranker_inputs(run: Path, cfg: dict[str, Any], tokens: np.ndarray,
     """(model tokens [1, N, D_m] in the ranker's model order, dataset tokens [1, M, D_d]).
 
     tokens [M0, D_d] with their classes ``labels`` [M0] are cut to the ranker's ``max_dataset_tokens``
-    class-balanced (``ranker.subsample_tokens``, the rule training used); without labels, evenly spaced.
+    class-balanced (``tokens.subsample_tokens``, the rule training used); without labels, evenly spaced.
     """
     import torch
 
-    from .ranker import model_token_table, subsample_tokens
+    from .ranker import model_token_table
+    from .tokens import subsample_tokens
 
     ids, table = model_token_table(run, cfg["model_tokens"])
     order = [ids.index(m) for m in cfg["model_ids"]]
@@ -283,7 +303,7 @@ def recommend(run: str | Path, images: str | Path, top: int | None = None, max_l
               traced: bool = True, probe: int | None = 0) -> Recommendation:
     """Rank the zoo of ``run`` for the labelled image folder ``images`` (see the module docstring).
 
-    ``traced=False`` skips the run's traced image tower and builds the encoder through open_clip.
+    ``traced=False`` skips the run's exports (ONNX and traced) and builds the encoder through open_clip.
     ``probe``: run the top ``probe`` models of the first ranking on the images and rank again with their
     estimator scores as evidence (0, the default: tokens only; None: the run's inner-validated ``probe_k``).
     """
@@ -293,7 +313,6 @@ def recommend(run: str | Path, images: str | Path, top: int | None = None, max_l
     P = _run_params(run)
     import pandas as pd
 
-    from .ranker import load_ranker
     from .tokens import folder_tokens
 
     if device != "cpu":
@@ -302,16 +321,26 @@ def recommend(run: str | Path, images: str | Path, top: int | None = None, max_l
         check_device(device)
     times = {}
     t0 = time.perf_counter()
-    encoder, how = image_encoder(run, P, device, traced)
+    notes: list[str] = []  # why a faster path was not taken: one line on stderr
+    served = onnx_pair(run, P, notes) if traced and not k and device == "cpu" else None  # torch-free when it can be
+    encoder, how = (served[0], "onnx") if served else image_encoder(run, P, device, traced, notes)
+    if notes:
+        print(f"ptmrec recommend: {'; '.join(notes)}; embedding with {how} instead (a slower start; re-run stages "
+              "04_dataset_tokens and 06_ranker with this version to export them)", file=sys.stderr)
     times["load_encoder"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     tokens, labels, classes, skipped = folder_tokens(images, encoder, P.tokens.per_class, P.tokens.kind, seed)
     times["dataset_tokens"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     keep = _kept(labels, cfg)  # class-balanced cut to max_dataset_tokens: every class keeps its share
-    model, _ = load_ranker(run / "06_ranker" / "ranker")
-    mt, dt = ranker_inputs(run, cfg, tokens[keep], labels[keep])  # [1, N, D_m], [1, M, D_d]
-    scores = _scores(model, mt, dt)  # [N]
+    if served:
+        scores = served[1].scores(tokens[keep])  # [N]
+    else:
+        from .ranker import load_ranker
+
+        model, _ = load_ranker(run / "06_ranker" / "ranker")
+        mt, dt = ranker_inputs(run, cfg, tokens[keep], labels[keep])  # [1, N, D_m], [1, M, D_d]
+        scores = _scores(model, mt, dt)  # [N]
     times["rank"] = time.perf_counter() - t0
     zoo = pd.read_csv(run / "00_zoo_and_tasks/zoo/index.csv").set_index("model_id")
     probed, probe_secs, failed = np.zeros(len(scores), bool), np.zeros(len(scores)), {}
@@ -371,7 +400,7 @@ def check_probe(cfg: dict[str, Any], probe: int | None) -> int:
 
 def _kept(labels: np.ndarray, cfg: dict[str, Any]) -> np.ndarray:
     """Indices of the tokens the ranker sees (the class-balanced cut of ``ranker_inputs``)."""
-    from .ranker import subsample_tokens
+    from .tokens import subsample_tokens
 
     return subsample_tokens(np.asarray(labels), int(cfg["max_dataset_tokens"]))
 

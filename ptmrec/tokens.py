@@ -16,16 +16,17 @@ import logging
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 import numpy as np
 import pandas as pd
-import torch
 
-from .encoders import ClipImageEncoder
 from .params import TokensParams
 from .paths import write_csv, write_npz
 from .registry import Registry
+
+if TYPE_CHECKING:  # torch stays out of the import: ``ptmrec recommend`` embeds a folder without it
+    from .encoders import ClipImageEncoder
 
 log = logging.getLogger(__name__)
 
@@ -149,13 +150,15 @@ def load_dataset_tokens(stage_dir: str | Path) -> dict[str, np.ndarray]:
     return {tid: v["tokens"] for tid, v in read_token_shards(stage_dir).items()}
 
 
-class DatasetTokenDataset(torch.utils.data.Dataset):
+class DatasetTokenDataset:
     """The dataset tokens of a stage 04 folder: item i = dict(task_id, tokens FloatTensor [M, D], labels LongTensor [M]).
 
     ``task_ids`` keeps (and orders) a subset, e.g. the training tasks of a fold.
     """
 
     def __init__(self, stage_dir: str | Path, task_ids: list[str] | None = None):
+        import torch  # a map-style dataset (len and getitem) is all a DataLoader needs: no torch at import
+
         shards = read_token_shards(stage_dir)
         missing = sorted(set(task_ids or []) - set(shards))
         if missing:
@@ -169,6 +172,32 @@ class DatasetTokenDataset(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> dict[str, Any]:
         tokens, labels = self._items[i]
         return dict(task_id=self.task_ids[i], tokens=tokens, labels=labels)
+
+
+def subsample_tokens(labels: np.ndarray, max_tokens: int, rng: np.random.Generator | None = None) -> np.ndarray:
+    """Indices of at most ``max_tokens`` dataset tokens, class-balanced: int64 [min(M, max_tokens)], sorted.
+
+    ``labels`` [M] is each token's class. Every class keeps ``max_tokens // k`` tokens (the remainder goes
+    to the first classes; a class with fewer keeps all it has and leaves its share to the others), taken
+    evenly spaced within the class, or at random with ``rng`` (training augmentation). The one rule for
+    training, evaluation and ``ptmrec recommend``: no class is ever dropped while it fits.
+    """
+    labels = np.asarray(labels)
+    if len(labels) <= max_tokens:
+        return np.arange(len(labels), dtype=np.int64)
+    members = [np.flatnonzero(labels == c) for c in np.unique(labels)]  # [k] index arrays
+    quota = np.zeros(len(members), np.int64)
+    left = max_tokens
+    while left > 0:  # water-filling: one token per class per round, only to classes that have more
+        open_ = [i for i, m in enumerate(members) if quota[i] < len(m)]
+        for i in open_[:left]:
+            quota[i] += 1
+        left -= min(left, len(open_))
+    keep = []
+    for m, q in zip(members, quota):
+        pick = rng.choice(len(m), q, replace=False) if rng is not None else np.linspace(0, len(m) - 1, q).round()
+        keep.append(m[np.asarray(pick, np.int64)])
+    return np.sort(np.concatenate(keep)).astype(np.int64)
 
 
 def folder_tokens(folder: str | Path, encoder: ClipImageEncoder, per_class: int, kind: str = "images",
@@ -279,6 +308,8 @@ def token_speed(pools: dict, tasks: list, encoder: ClipImageEncoder, tp: TokensP
     alone over the very batches extraction feeds it, preprocessed beforehand. Both are timed ``repeats``
     times, interleaved, after one warm-up batch; the medians count.
     """
+    import torch
+
     batches = []
     for task in tasks:  # the same samples, hence the same batches, as the extraction below
         x = _task_sample(pools[task.dataset], task, tp, seed)[0]

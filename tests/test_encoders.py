@@ -13,6 +13,7 @@ from PIL import Image
 from ptmrec import encoders as E
 from ptmrec import tokens as TK
 from ptmrec import offline as O
+from ptmrec import serve as S
 from ptmrec.data import Task
 from ptmrec.pools import Pool
 from ptmrec.params import EncoderParams, TokensParams
@@ -381,6 +382,26 @@ def test_traced_tower_matches_the_encoder_and_is_checked_on_load(tiny, tmp_path)
         E.load_image_tower(tmp_path / "nowhere")
 
 
+def test_onnx_tower_embeds_as_the_encoder_without_torch_and_is_checked_on_load(tiny, tmp_path):
+    """save_image_tower also exports the tower as ONNX: serve.OnnxTower (numpy preprocessing, onnxruntime)
+    gives the encoder's embeddings for any batch; a changed graph, or images not at the tower's size (the
+    folder loader resizes; nothing else may reach it), are refused."""
+    enc, _ = tiny
+    E.save_image_tower(enc, tmp_path / "tower")
+    meta = json.loads((tmp_path / "tower" / E.TOWER_META).read_text())
+    assert meta["onnx"]["file"] == E.TOWER_ONNX and meta["onnx"]["max_abs_diff"] < 1e-4
+    onnx = S.OnnxTower(tmp_path / "tower", batch_size=3)
+    for n in (1, 7):  # one batch, and batches of 3 with a remainder
+        x = rgb(n, enc.image_size, seed=n)
+        np.testing.assert_allclose(onnx.encode(x), enc.encode(x), atol=1e-5)
+    with pytest.raises(ValueError, match="images must be uint8"):
+        onnx.encode(rgb(2, enc.image_size + 8))
+    with open(tmp_path / "tower" / E.TOWER_ONNX, "ab") as f:
+        f.write(b"x")
+    with pytest.raises(ValueError, match="SHA-256 differs"):
+        S.OnnxTower(tmp_path / "tower")
+
+
 def test_traced_tower_of_the_embedded_architecture(tmp_path):
     """The embedded encoder's image tower (timm EfficientNet-Lite0 + linear head) traces exactly."""
     import open_clip
@@ -398,3 +419,5 @@ def test_traced_tower_of_the_embedded_architecture(tmp_path):
     traced = E.load_image_tower(tmp_path / "tower", batch_size=4)
     x = rgb(6, 32, seed=5)  # smaller than the tower's 64 px: upsampled by the shared preprocessing
     np.testing.assert_allclose(traced.encode(x), enc.encode(x), atol=1e-5)
+    x = rgb(5, 64, seed=6)  # and as ONNX, what `ptmrec recommend` runs on the default world
+    np.testing.assert_allclose(S.OnnxTower(tmp_path / "tower", batch_size=4).encode(x), enc.encode(x), atol=1e-5)

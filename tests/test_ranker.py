@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from ptmrec import ranker as R
+from ptmrec import tokens as TK
 from ptmrec.evaluate import ranking_agreement
 from ptmrec.protocol import dataset_folds
 from ptmrec.metrics import weighted_tau
@@ -55,12 +56,12 @@ def test_subsample_keeps_every_class_of_a_six_class_folder():
     """The train/serve rule: 6 classes x 16 tokens cut to 64 keep 10-11 of each class (never a lost class)."""
     labels = np.repeat(np.arange(6), 16)  # class-sorted, as a folder gives them
     for rng in (None, np.random.default_rng(0)):
-        keep = R.subsample_tokens(labels, 64, rng)
+        keep = TK.subsample_tokens(labels, 64, rng)
         assert len(keep) == 64 and len(set(keep)) == 64
         assert sorted(np.bincount(labels[keep]).tolist()) == [10, 10, 11, 11, 11, 11]
     uneven = np.array([0] * 3 + [1] * 50 + [2] * 50)  # a small class keeps all it has, the rest share its quota
-    assert np.bincount(uneven[R.subsample_tokens(uneven, 21)]).tolist() == [3, 9, 9]
-    assert R.subsample_tokens(labels, 500).tolist() == list(range(96))
+    assert np.bincount(uneven[TK.subsample_tokens(uneven, 21)]).tolist() == [3, 9, 9]
+    assert TK.subsample_tokens(labels, 500).tolist() == list(range(96))
 
 
 def test_validation_holds_out_whole_datasets():

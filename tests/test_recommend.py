@@ -158,33 +158,41 @@ def _view(run, tmp_path, skip=(), edit=None):
     return view
 
 
-def test_cli_loads_the_traced_tower_without_open_clip(run, images, tmp_path, smoke_runs):
-    """The cold CLI imports torch and what it uses, never open_clip, timm, transformers, sklearn or matplotlib."""
-    assert (run / "04_dataset_tokens/image_tower/image_tower.pt").is_file()
+def test_cold_cli_ranks_without_importing_torch(run, images, tmp_path, smoke_runs):
+    """The default cold call (tokens only, CPU) runs the run's ONNX exports: it imports neither torch nor
+    open_clip, timm, transformers, sklearn or matplotlib (torch's import alone was 2 s of a 3.5 s call)."""
+    assert (run / "04_dataset_tokens/image_tower/image_tower.onnx").is_file()
+    assert (run / "06_ranker/ranker/ranker.onnx").is_file()
     env = {**os.environ, "PTMREC_RUNS": str(smoke_runs)}
     r = subprocess.run([sys.executable, "-X", "importtime", "-m", "ptmrec.cli", "recommend", "--run", str(run),
                         "--images", str(images), "--out", str(tmp_path), "--probe", "0"], capture_output=True, text=True, env=env,
                        cwd=REPO, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     imported = {line.split("|")[-1].strip().split(".")[0] for line in r.stderr.splitlines() if line.startswith("import time:")}
-    assert "torch" in imported and not imported & set(HEAVY), sorted(imported & set(HEAVY))
-    assert "traced" in r.stdout and json.loads((tmp_path / "ranking.json").read_text())["encoder"] == "traced"
+    assert "onnxruntime" in imported and not imported & {"torch", *HEAVY}, sorted(imported & {"torch", *HEAVY})
+    assert "onnx)" in r.stdout and json.loads((tmp_path / "ranking.json").read_text())["encoder"] == "onnx"
 
 
-def test_traced_tower_ranks_as_the_open_clip_encoder(run, images, smoke_runs, monkeypatch):
+def test_onnx_traced_and_open_clip_paths_rank_alike(run, images, tmp_path, smoke_runs, monkeypatch):
+    """The three ways to embed and rank (ONNX without torch, the traced tower with the torch ranker, open_clip)
+    give one ranking: an export that drifted from the trained ranker or encoder would reorder it."""
     monkeypatch.setenv("PTMREC_RUNS", str(smoke_runs))
-    fast, full = recommend(run, images, probe=0), recommend(run, images, traced=False, probe=0)
-    assert (fast.info["encoder"], full.info["encoder"]) == ("traced", "open_clip")
-    assert fast.table.model_id.tolist() == full.table.model_id.tolist()
-    np.testing.assert_allclose(fast.table.score, full.table.score, atol=1e-4)
+    no_onnx = _view(run, tmp_path, skip=("04_dataset_tokens/image_tower/image_tower.onnx", "06_ranker/ranker/ranker.onnx"))
+    recs = [recommend(run, images, probe=0), recommend(no_onnx, images, probe=0),
+            recommend(run, images, traced=False, probe=0)]
+    assert [r.info["encoder"] for r in recs] == ["onnx", "traced", "open_clip"]
+    for other in recs[1:]:
+        assert other.table.model_id.tolist() == recs[0].table.model_id.tolist()
+        np.testing.assert_allclose(other.table.score, recs[0].table.score, atol=1e-4)
 
 
-def test_run_without_traced_tower_falls_back_with_one_line(run, images, tmp_path):
+def test_run_without_its_exports_falls_back_with_one_line(run, images, tmp_path):
     old = _view(run, tmp_path, skip=("04_dataset_tokens/image_tower/",))
     r = _cli("--run", str(old), "--images", str(images), "--out", str(tmp_path / "out"))
     assert r.returncode == 0, r.stderr[-3000:]
     lines = [ln for ln in r.stderr.splitlines() if ln.startswith("ptmrec recommend:")]
-    assert len(lines) == 1 and "no usable traced image tower" in lines[0] and "open_clip" in lines[0]
+    assert len(lines) == 1, lines
+    assert all(w in lines[0] for w in ("no ONNX export", "no usable traced image tower", "with open_clip instead"))
     assert json.loads((tmp_path / "out" / "ranking.json").read_text())["encoder"] == "open_clip"
 
 
