@@ -8,10 +8,11 @@ Writes a folder of real labelled target images (PNG, one subfolder per class, fr
 own target pools), then times:
 
 - the cold CLI call: ``python -m ptmrec.cli recommend --run R --images F --probe 0`` (tokens only, the default) in a
-  fresh process, wall clock, ``--repeats`` times (median); once with the run's traced image tower (stage
-  04, torch alone) and once on a view of the run without it (the fallback: the encoder built through
-  open_clip, what every cold call cost before the tower; issue 17: at most 3 s for the default zoo);
-  then once with ``--probe`` alone (the run's inner-validated ``probe_k`` models run on the images);
+  fresh process, wall clock, ``--repeats`` times (median), three ways: with the run's ONNX exports (stages 04
+  and 06: onnxruntime, no torch; issue 17: at most 3 s for the default zoo), on a view of the run without
+  them (the traced tower and the torch ranker), and on a view without the image tower folder (the encoder
+  built through open_clip); then once with ``--probe`` alone (the run's inner-validated ``probe_k`` models
+  run on the images, torch);
 - ``recommend()`` in-process: the first call of the session and ``--repeats`` warm calls (median), tokens only;
 - the cheapest forward-pass baseline: one forward pass of every zoo model over the same
   images (features, what every transferability estimator needs) plus the fastest scorer of
@@ -107,7 +108,8 @@ def rank_seconds(run: Path, tokens: np.ndarray, n_models: int, repeats: int = 20
 
 
 def cold_cli(run: Path, folder: Path, repeats: int, probe: list[str] = ("--probe", "0")) -> dict:
-    """Wall seconds of ``ptmrec recommend`` in fresh processes (each one imports everything it needs)."""
+    """Wall seconds of ``ptmrec recommend`` in fresh processes (each one imports everything it needs), and the
+    way it embedded (``encoder`` of ranking.json: onnx, traced or open_clip)."""
     times = []
     with tempfile.TemporaryDirectory() as out:
         for _ in range(repeats):
@@ -117,21 +119,19 @@ def cold_cli(run: Path, folder: Path, repeats: int, probe: list[str] = ("--probe
             times.append(time.perf_counter() - t0)
             if r.returncode not in (0, 1):
                 raise RuntimeError(f"ptmrec recommend failed ({r.returncode}): {r.stderr[-2000:]}")
-    return dict(median_seconds=round(float(np.median(times)), 3), seconds=[round(t, 3) for t in times],
-                encoder="open_clip" if "no usable traced image tower" in r.stderr else "traced")
+        how = json.loads((Path(out) / "ranking.json").read_text())["encoder"]
+    return dict(median_seconds=round(float(np.median(times)), 3), seconds=[round(t, 3) for t in times], encoder=how)
 
 
-def without_tower(run: Path) -> Path:
-    """A view of ``run`` without its traced image tower (links to every other file, and to the run's
-    cache of built encoders): what an older run looks like to ``ptmrec recommend``."""
-    from ptmrec.recommend import TOWER_DIR
-
+def view_without(run: Path, skip: tuple[str, ...]) -> Path:
+    """A view of ``run`` without the files under ``skip`` (links to every other file, and to the run's cache
+    of built encoders): what a run made before those exports looks like to ``ptmrec recommend``."""
     view = Path(tempfile.mkdtemp(prefix="ptmrec-run-")) / run.name
     if (run.parent / "_cache").is_dir():  # the built encoder of the run's cache, as for the run itself
         (view.parent / "_cache").symlink_to((run.parent / "_cache").resolve())
     for f in run.rglob("*"):
         rel = f.relative_to(run)
-        if f.is_file() and not rel.as_posix().startswith(TOWER_DIR + "/"):
+        if f.is_file() and not rel.as_posix().startswith(skip):
             (view / rel).parent.mkdir(parents=True, exist_ok=True)
             (view / rel).symlink_to(f.resolve())
     return view
@@ -190,19 +190,24 @@ def main() -> None:
     run = (a.run or a.run_pos or ap.error("give --run RUN")).resolve()
     load_before = os.getloadavg()[0]
     folder, images, labels = write_folder(run, a.images)
-    view = without_tower(run)
+    from ptmrec.recommend import TOWER_DIR
+
+    torch_view = view_without(run, (f"{TOWER_DIR}/image_tower.onnx", "06_ranker/ranker/ranker.onnx"))
+    old_view = view_without(run, (TOWER_DIR + "/",))
     try:
-        cold = cold_cli(run, folder, a.repeats)
-        cold_old = cold_cli(view, folder, a.repeats)
+        cold = cold_cli(run, folder, a.repeats)  # the ONNX exports: no torch
+        cold_torch = cold_cli(torch_view, folder, a.repeats)  # the traced tower and the torch ranker
+        cold_old = cold_cli(old_view, folder, a.repeats)  # the encoder built through open_clip
         cold_probe = cold_cli(run, folder, 1, probe=("--probe",))  # the run's inner-validated probe_k
     finally:
-        shutil.rmtree(view.parent, ignore_errors=True)
+        for v in (torch_view, old_view):
+            shutil.rmtree(v.parent, ignore_errors=True)
     session, rec = in_session(run, folder, a.repeats)
     result = dict(
         run=str(run), n_images=int(len(images)), n_classes=len(rec.info["classes"]), n_models=rec.info["n_models"],
         # recommend() embeds a class-balanced sample (tokens.per_class per class), as the ranker was trained
         n_images_embedded=rec.info["n_images"], n_dataset_tokens=rec.info["n_tokens"],
-        recommend_cold_cli=cold, recommend_cold_cli_without_traced_tower=cold_old,
+        recommend_cold_cli=cold, recommend_cold_cli_torch=cold_torch, recommend_cold_cli_open_clip=cold_old,
         recommend_cold_cli_default_probe=dict(cold_probe, probe_k=json.loads(
             (run / "06_ranker/ranker/config.json").read_text()).get("probe_k", 0)),
         recommend_cold_seconds=cold["median_seconds"], recommend_warm_seconds=session["warm_median_seconds"],

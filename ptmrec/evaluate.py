@@ -22,8 +22,8 @@ import pandas as pd
 
 from . import metrics
 from .params import Params, RankerParams
-from .protocol import (Fold, dataset_folds, fold_results, fold_units, make_folds, refit_tokens, restrict, start,
-                       stacking_predictions, static_priors, worker_pool)
+from .protocol import (Fold, autoencoder_refits, dataset_folds, fold_results, fold_units, make_folds, restrict, start,
+                       start_refits, stacking_predictions, static_priors, worker_pool)
 from .ranker import RankingData
 from .registry import Registry
 
@@ -243,9 +243,13 @@ def learned_predictions(data: RankingData, P: Params, variants: dict[str, Rankin
     the worker processes of ``pool`` (``protocol.worker_pool``) when given."""
     E, seeds = P.evaluate, [P.run.seed + i for i in range(P.evaluate.seeds)]
     ldo = make_folds(data)
-    # every variant's folds go to one queue of workers, so none waits for a variant's last fold: the main ranker's
-    # (inner choice, every seed) first, single-training ablation folds last; the autoencoder refits of
-    # leave-models-out run here meanwhile
+    lmo = (make_folds(data, zoo, E.model_folds, P.run.seed, E.model_dataset_groups)
+           if E.model_folds and vectors is not None else [])
+    # one queue of workers: the leave-models-out autoencoder refits first (memory-bound minutes; only the
+    # leave-models-out folds wait for them), then every variant's folds, so none waits for a variant's last fold:
+    # the main ranker's (inner choice, every seed), the single-training ablation folds, leave-models-out last
+    refits = start_refits(vectors, data, lmo, P.autoencoder, P.train_autoencoder, P.run.seed, out_dir / "autoencoders",
+                          pool) if lmo else {}
     pending = start(fold_units(data, ldo, P.ranker, P.train_ranker, seeds, grid=E.inner_grid, inner_k=E.inner_folds,
                                ks=E.probe_ks), pool)
     for ab in E.ablations:
@@ -253,10 +257,7 @@ def learned_predictions(data: RankingData, P: Params, variants: dict[str, Rankin
         pending += start(fold_units(variants[rp.model_tokens], ldo, rp, P.train_ranker, seeds[:1],
                                     method=f"ranker:{ab}"), pool)
     folds = {"leave_datasets_out": ldo}
-    if E.model_folds and vectors is not None:
-        lmo = make_folds(data, zoo, E.model_folds, P.run.seed, E.model_dataset_groups)
-        cache: dict[str, np.ndarray] = {}
-
+    if lmo:
         def lmo_tokens(kind: str, d: RankingData) -> Callable[[Fold], np.ndarray] | None:
             """A fold's model tokens: autoencoder codes refitted on its training models (one autoencoder per model
             fold, shared by its dataset folds), beside the behaviour tokens for "both"; None where nothing is
@@ -267,14 +268,11 @@ def learned_predictions(data: RankingData, P: Params, variants: dict[str, Rankin
                 raise ValueError("leave-models-out: the token variants must cover the same models")
 
             def tokens_of(fold: Fold) -> np.ndarray:
-                key = fold.name.split("/")[-1]
-                if key not in cache:
-                    cache[key] = refit_tokens(vectors, data, fold.train_models, P.autoencoder, P.train_autoencoder,
-                                              P.run.seed, out_dir / "autoencoders" / key)
-                codes = cache[key]  # [N, code_dim]
+                codes = refits[fold.name.split("/")[-1]]()  # [N, code_dim]
                 return codes if kind == "autoencoder" else np.hstack([codes, d.model_tokens[:, P.autoencoder.code_dim:]])
             return tokens_of
 
+        autoencoder_refits(refits, progress)  # in the workers, beside the first folds: a line while it waits
         kind = P.ranker.model_tokens
         pending += start(fold_units(data, lmo, P.ranker, P.train_ranker, seeds, tokens_of=lmo_tokens(kind, data),
                                     ks=E.probe_ks), pool)

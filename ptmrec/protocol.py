@@ -7,9 +7,9 @@ Two kinds of fold (``make_folds``):
 - **leave-models-out** (``model_k`` > 0): those folds, or groups of them (``dataset_groups``), crossed with
   ``model_k`` folds of the zoo grouped by lineage (``lineage_groups``: a base model with its fine-tunes,
   one scratch architecture at one width over all its source tasks), so no sibling straddles. The standardiser and the
-  autoencoder are refitted on the fold's training models only (``refit_tokens``) and the held-out
-  models are encoded by that autoencoder; the ranker trains on training tasks x training models and
-  ranks the held-out models on the test tasks.
+  autoencoder are refitted on the fold's training models only (``refit_tokens``, in the fold workers:
+  ``start_refits``) and the held-out models are encoded by that autoencoder; the ranker trains on training
+  tasks x training models and ranks the held-out models on the test tasks.
 
 Choices made from ground truth, and where: the ranker's hyperparameters among ``evaluate.inner_grid``
 are chosen per leave-datasets-out fold by inner leave-datasets-out validation on that fold's training
@@ -23,6 +23,7 @@ with several seeds gives methods ``ranker#s<seed>``, which ``evaluate.collapse_s
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import itertools
@@ -160,6 +161,50 @@ def refit_tokens(vectors: np.ndarray, data: RankingData, train_models: np.ndarra
     ids = [data.model_ids[i] for i in train_models]
     ae, _ = train_autoencoder(ids, vectors[train_models], ap, tp, out_dir, seed=seed, progress=True)
     return ae.encode_numpy(vectors)
+
+
+def start_refits(vectors: np.ndarray, data: RankingData, folds: list[Fold], ap: AutoEncoderParams, tp: TrainParams,
+                 seed: int, out_dir: Path, pool: Executor | None = None) -> dict[str, Callable[[], np.ndarray]]:
+    """``refit_tokens`` for every model fold of the leave-models-out ``folds`` (the ``m<i>`` ending their names:
+    one autoencoder serves the model fold's dataset folds), started now in the workers of ``pool`` (submit these
+    first: an autoencoder is minutes of memory-bound work that a third process beside two workers would only
+    slow down), or run here when first asked for. Returns model fold -> its tokens [N, code_dim], the audit
+    records of the refit filed here on the first call, under the first fold of ``folds`` that uses it."""
+    getters: dict[str, Callable[[], np.ndarray]] = {}
+    for fold in folds:
+        key = fold.name.split("/")[-1]
+        if key not in getters:
+            unit = (vectors, data, fold.train_models, ap, tp, seed, Path(out_dir) / key, fold.name, audit.is_recording())
+            getters[key] = _once(pool.submit(_refit_unit, unit).result if pool is not None
+                                 else functools.partial(_refit_unit, unit))
+    return getters
+
+
+def autoencoder_refits(refits: dict[str, Callable[[], np.ndarray]],
+                       progress: Callable[[Iterable], Iterable] = iter) -> dict[str, np.ndarray]:
+    """Wait for every refit of ``start_refits`` (``progress``: how many are done, how long is left); model fold ->
+    its tokens [N, code_dim]."""
+    return {key: get() for key, get in progress(_Sized(iter(refits.items()), len(refits)))}
+
+
+def _refit_unit(unit: tuple) -> tuple[np.ndarray, list[audit.Record]]:
+    """``refit_tokens`` of one model fold and the audit records it made (when the caller records)."""
+    vectors, data, train_models, ap, tp, seed, out_dir, name, recording = unit
+    with audit.fold(name), (audit.recording() if recording else contextlib.nullcontext([])) as records:
+        return refit_tokens(vectors, data, train_models, ap, tp, seed, out_dir), records
+
+
+def _once(get: Callable[[], tuple[np.ndarray, list[audit.Record]]]) -> Callable[[], np.ndarray]:
+    """The tokens of ``get()``, its records filed (``audit.extend``) the first time they are asked for."""
+    done: list[np.ndarray] = []
+
+    def tokens() -> np.ndarray:
+        if not done:
+            codes, records = get()
+            audit.extend(records)
+            done.append(codes)
+        return done[0]
+    return tokens
 
 
 def grid_points(grid: dict[str, list[Any]]) -> list[dict[str, Any]]:
@@ -308,7 +353,7 @@ def fold_units(data: RankingData, folds: list[Fold], rp: RankerParams, tp: Train
                method: str = "ranker", grid: dict[str, list[Any]] | None = None, inner_k: int = 2,
                tokens_of: Callable[[Fold], np.ndarray] | None = None, ks: list[int] | None = None) -> list[tuple]:
     """The work of ``ranker_predictions`` (same arguments), one unit per fold, for ``start``; a fold's tokens
-    (``tokens_of``: a refitted autoencoder) are computed here, in this process."""
+    (``tokens_of``: a refitted autoencoder's, ``start_refits``) are asked for here, in this process."""
     setting = dict(rp=rp, tp=tp, seeds=seeds, method=method, grid=grid or {}, inner_k=inner_k, ks=ks)
     units = []
     for fold in folds:
@@ -365,7 +410,7 @@ def worker_pool(jobs: int) -> Iterator[Executor | None]:
     import torch
 
     before = torch.get_num_threads()
-    torch.set_num_threads(1)  # what this process runs meanwhile (autoencoder refits) shares the cores with them
+    torch.set_num_threads(1)  # whatever this process runs meanwhile shares the cores with them
     try:
         with ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn"), initializer=_worker_init) as pool:
             yield pool

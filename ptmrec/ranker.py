@@ -21,6 +21,7 @@ vectors instead of autoencoder codes), ``dataset_tokens=False`` (a learned const
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import time
@@ -40,7 +41,6 @@ from .registry import Registry
 from .serve import RANKER_FORMAT as FORMAT  # the saved folder's version (serve: read without torch)
 from .tokens import subsample_tokens
 from .train import Trainer, register_trainer, split_ids
-
 
 
 # ------------------------------------------------------------------------------- data
@@ -626,8 +626,9 @@ def save_ranker(model: nn.Module, folder: Path, extra: dict[str, Any] | None = N
         save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp))
     (folder / serve.RANKER_ONNX).unlink(missing_ok=True)  # never beside weights it was not exported from
     if model_tokens is not None:
-        try:
-            err = serve.export_ranker(model.cpu(), model_tokens, int(extra.get("max_dataset_tokens", model.cfg.max_dataset_tokens)), folder)
+        cut = int(extra.get("max_dataset_tokens", model.cfg.max_dataset_tokens))
+        try:  # a CPU copy: the caller's model stays where it is
+            err = serve.export_ranker(copy.deepcopy(model).cpu(), model_tokens, cut, folder)
             extra["onnx"] = dict(file=serve.RANKER_ONNX, sha256=serve.sha256(folder / serve.RANKER_ONNX), max_abs_diff=err)
         except (ValueError, RuntimeError) as e:  # recommend falls back to the torch ranker
             extra["onnx"] = {"skipped": " ".join(f"{type(e).__name__}: {e}".split())[:300]}

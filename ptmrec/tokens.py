@@ -9,6 +9,7 @@ class (the normalised class mean, a prototype as in Snell et al. 2017), stored a
 
     >>> tokens = load_dataset_tokens(stage_dir)          # task_id -> [M, D]
     >>> tokens, labels, classes, skipped = folder_tokens("my_images/", encoder, per_class=16)
+    >>> keep = subsample_tokens(labels, 64)              # the class-balanced cut every consumer uses
 """
 from __future__ import annotations
 

@@ -142,6 +142,30 @@ def test_inner_choice_of_k_probes_when_the_evidence_is_the_truth():
     assert all(taus[c] < max(taus.values()) - protocol.PROBE_TOLERANCE for c in taus if c < k)
 
 
+def test_autoencoder_refits_in_workers_give_this_processs_tokens_and_records(tmp_path):
+    """Leave-models-out refits its autoencoders in the fold workers: the same tokens as in this process, each
+    refit's audit records filed here once (a lost record would let a leak through the test below), and no
+    record holds a model that its fold holds out."""
+    data, zoo, vectors, _ = tiny_world()
+    P = tiny_params()
+    lmo = protocol.make_folds(data, zoo, model_k=2, seed=0)
+    runs = {}
+    for jobs in (1, 2):
+        with audit.recording() as records, protocol.worker_pool(jobs) as pool:
+            get = protocol.start_refits(vectors, data, lmo, P.autoencoder, P.train_autoencoder, 0, tmp_path / str(jobs),
+                                        pool)
+            tokens = {key: g() for key, g in get.items()}
+            assert all(g() is tokens[key] for key, g in get.items())  # asked twice: one refit, records filed once
+        runs[jobs] = tokens, records
+    (t1, r1), (t2, r2) = runs[1], runs[2]
+    assert set(t1) == {"m0", "m1"} and (tmp_path / "2" / "m1" / "autoencoder").is_dir()
+    for key in t1:
+        np.testing.assert_allclose(t2[key], t1[key], atol=1e-6)
+    assert Counter(r1) == Counter(r2) and {r.component for r in r2} == {"standardiser", "autoencoder"} and len(r2) == 4
+    folds = {f.name: f for f in lmo}
+    assert all(not r.models & {data.model_ids[i] for i in folds[r.fold].test_models} for r in r2)
+
+
 def test_no_heldout_id_reaches_anything_fitted(tmp_path):
     """The audit of every fitted component, for both fold kinds: no held-out task, no held-out model."""
     data, zoo, vectors, perf = tiny_world()

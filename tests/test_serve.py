@@ -63,11 +63,12 @@ def test_saving_keeps_the_modules_modes_and_refuses_changed_or_stale_files(tmp_p
     """The exporter sets modes of its own: a ranker saved in the middle of training must stay in training
     mode, and an evaluated one in eval mode. A changed graph or one saved without tokens is not run."""
     model = tiny_ranker("cross_attention", "induced", "autoencoder").train()
+    S.export_ranker(model, unit(9, 16, 0), MAX_TOKENS, tmp_path)
+    assert all(m.training for m in model.modules())
+    S.export_ranker(model.eval(), unit(9, 16, 0), MAX_TOKENS, tmp_path)
+    assert not any(m.training for m in model.modules())
     extra = {"model_ids": list("abcdefghi"), "max_dataset_tokens": MAX_TOKENS}
     R.save_ranker(model, tmp_path, extra, model_tokens=unit(9, 16, 0))
-    assert all(m.training for m in model.modules())
-    R.save_ranker(model.eval(), tmp_path, extra, model_tokens=unit(9, 16, 0))
-    assert not any(m.training for m in model.modules())
     cfg = json.loads((tmp_path / "config.json").read_text())
     assert cfg["onnx"]["file"] == S.RANKER_ONNX and cfg["onnx"]["max_abs_diff"] < 1e-4
     with open(tmp_path / S.RANKER_ONNX, "ab") as f:
