@@ -68,23 +68,24 @@ def export_onnx(module: torch.nn.Module, args: tuple, path: Path, inputs: list[s
     import torch
 
     modes = {m: m.training for m in module.modules()}  # restored after: the exporter leaves its own choice
-    module.eval()
     fast = torch.backends.mha.get_fastpath_enabled()
-    with atomic_path(path) as tmp:
-        try:  # the fused inference kernels of nn.MultiheadAttention / TransformerEncoderLayer have no ONNX form
-            torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        # the fused inference kernels of nn.MultiheadAttention / TransformerEncoderLayer have no ONNX form
+        torch.backends.mha.set_fastpath_enabled(False)
+        with atomic_path(path) as tmp:
+            module.eval()
             with torch.no_grad(), warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # the exporter's deprecation and tracer notes: the check decides
                 torch.onnx.export(module, args, str(tmp), dynamo=False, input_names=inputs, output_names=outputs,
                                   dynamic_axes=dynamic, opset_version=OPSET)
-        finally:
-            torch.backends.mha.set_fastpath_enabled(fast)
-        module.eval()  # the check compares with the eager module in eval mode
-        err = float(check(session(tmp)))
-        if not err <= atol:  # NaN fails too
-            raise ValueError(f"{path.name}: the ONNX graph differs from the eager module by {err:.2e} (> {atol})")
-    for m, training in modes.items():
-        m.train(training)
+            module.eval()  # the check compares with the eager module in eval mode
+            err = float(check(session(tmp)))
+            if not err <= atol:  # NaN fails too
+                raise ValueError(f"{path.name}: the ONNX graph differs from the eager module by {err:.2e} (> {atol})")
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fast)
+        for m, training in modes.items():
+            m.train(training)
     return err
 
 

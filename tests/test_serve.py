@@ -91,9 +91,10 @@ def test_a_graph_that_differs_from_the_module_is_not_written(tmp_path):
         def forward(self, x):
             return 2 * x
 
+    training = Doubler().train()
     with pytest.raises(ValueError, match="differs from the eager module"):
-        S.export_onnx(Doubler(), (torch.ones(2, 3),), tmp_path / "d.onnx", ["x"], ["y"], None, lambda sess: 1.0)
-    assert not list(tmp_path.iterdir())
+        S.export_onnx(training, (torch.ones(2, 3),), tmp_path / "d.onnx", ["x"], ["y"], None, lambda sess: 1.0)
+    assert not list(tmp_path.iterdir()) and training.training  # nothing written, the mode it had
     err = S.export_onnx(Doubler(), (torch.ones(2, 3),), tmp_path / "d.onnx", ["x"], ["y"], {"x": {0: "b"}, "y": {0: "b"}},
                         lambda sess: float(np.abs(S.run_session(sess, {"x": np.ones((5, 3), np.float32)}) - 2).max()))
     assert err == 0.0 and (tmp_path / "d.onnx").is_file()
