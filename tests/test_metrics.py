@@ -88,6 +88,24 @@ def test_score_table_per_method_and_task():
     assert table.set_index("method").loc["anti", "kendall"] == pytest.approx(-1)
 
 
+def test_score_table_equals_pandas_groups_on_shuffled_rows():
+    """score_table slices its lists from sorted numpy arrays: the lists, their order (first appearance), the
+    order of models within each list and every metric must be pandas' groupby(sort=False) loop's, exactly; a
+    list cut at the wrong row, or models reordered within one (weighted tau breaks ties by position), differ."""
+    rng = np.random.default_rng(0)
+    tr = pd.DataFrame([dict(task_id=f"t{t}", model_id=f"m{m}", accuracy=round(rng.random(), 1))
+                       for t in range(6) for m in range(7)])
+    pred = pd.concat([tr.assign(method=f"x{i}", score=rng.integers(0, 3, len(tr)).astype(float)) for i in range(4)])
+    pred = pred.drop(columns="accuracy").sample(frac=1.0, random_state=1).reset_index(drop=True)  # interleaved
+    pred = pred[~((pred.method == "x1") & (pred.model_id == "m3"))]  # one method scores fewer models
+    merged = pred.merge(tr, on=["task_id", "model_id"])
+    want = pd.DataFrame([dict(method=m, task_id=t, n_models=len(g), **M.task_metrics(g.accuracy.to_numpy(),
+                                                                                      g.score.to_numpy()))
+                         for (m, t), g in merged.groupby(["method", "task_id"], sort=False)])
+    pd.testing.assert_frame_equal(M.score_table(pred, tr), want)
+    assert M.score_table(pred.iloc[:0], tr).empty
+
+
 def test_numpy_correlations_equal_scipy_on_ties_nans_and_constants():
     """kendall (tau-b), spearman, pearson and both weighted taus are our own fast paths: each must give scipy's
     value (NaN or a constant input -> 0) on lists with heavy ties, a NaN score, an infinite score and a
