@@ -175,8 +175,7 @@ def start_refits(vectors: np.ndarray, data: RankingData, folds: list[Fold], ap: 
         key = fold.name.split("/")[-1]
         if key not in getters:
             unit = (vectors, data, fold.train_models, ap, tp, seed, Path(out_dir) / key, fold.name, audit.is_recording())
-            getters[key] = _once(pool.submit(_refit_unit, unit).result if pool is not None
-                                 else functools.partial(_refit_unit, unit))
+            getters[key] = _once(start([unit], pool, _refit_unit)[0])
     return getters
 
 
@@ -190,8 +189,8 @@ def autoencoder_refits(refits: dict[str, Callable[[], np.ndarray]],
 def _refit_unit(unit: tuple) -> tuple[np.ndarray, list[audit.Record]]:
     """``refit_tokens`` of one model fold and the audit records it made (when the caller records)."""
     vectors, data, train_models, ap, tp, seed, out_dir, name, recording = unit
-    with audit.fold(name), (audit.recording() if recording else contextlib.nullcontext([])) as records:
-        return refit_tokens(vectors, data, train_models, ap, tp, seed, out_dir), records
+    with audit.fold(name):
+        return _recorded(recording, refit_tokens, vectors, data, train_models, ap, tp, seed, out_dir)
 
 
 def _once(get: Callable[[], tuple[np.ndarray, list[audit.Record]]]) -> Callable[[], np.ndarray]:
@@ -362,13 +361,16 @@ def fold_units(data: RankingData, folds: list[Fold], rp: RankerParams, tp: Train
     return units
 
 
-def start(units: list[tuple], pool: Executor | None = None) -> list[Callable[[], tuple]]:
-    """Start ``units`` in the workers of ``pool`` now, in order (or, without a pool, run each here when its
-    result is asked for): one result getter per unit, for ``fold_results``. Units of several variants started
-    before one ``fold_results`` share the workers, so no worker waits for the slowest fold of a variant."""
+def start(units: list[tuple], pool: Executor | None = None,
+          fn: Callable[[tuple], tuple] | None = None) -> list[Callable[[], tuple]]:
+    """Start ``fn`` (default: a fold unit, ``_fold_unit``) on each of ``units`` in the workers of ``pool`` now, in
+    order (or, without a pool, run each here when its result is asked for): one result getter per unit, for
+    ``fold_results``. Units of several variants started before one ``fold_results`` share the workers, so no
+    worker waits for the slowest fold of a variant."""
+    fn = fn or _fold_unit
     if pool is None:
-        return [functools.partial(_fold_unit, u) for u in units]
-    return [pool.submit(_fold_unit, u).result for u in units]
+        return [functools.partial(fn, u) for u in units]
+    return [pool.submit(fn, u).result for u in units]
 
 
 def fold_results(pending: list[Callable[[], tuple]],
@@ -425,14 +427,17 @@ def _worker_init() -> None:
 
 
 def _fold_unit(unit: tuple) -> tuple[list[pd.DataFrame], list[dict], list[audit.Record]]:
-    """``fold_predictions`` of one unit, with the audit records it made when the caller records (a worker
-    process sends them back; in this process they reach the caller's list through ``audit.extend``)."""
+    """``fold_predictions`` of one unit, with the audit records it made (``_recorded``)."""
     data, fold, tokens, setting, recording = unit
-    if not recording:
-        return *fold_predictions(data, fold, tokens, **setting), []
-    with audit.recording() as records:
-        preds, log = fold_predictions(data, fold, tokens, **setting)
+    (preds, log), records = _recorded(recording, fold_predictions, data, fold, tokens, **setting)
     return preds, log, records
+
+
+def _recorded(recording: bool, fn: Callable[..., Any], *args: Any, **kw: Any) -> tuple[Any, list[audit.Record]]:
+    """(``fn(*args, **kw)``, the audit records it made, when the caller records): a worker process sends them
+    back, and in this process they reach the caller's list through ``audit.extend`` all the same."""
+    with (audit.recording() if recording else contextlib.nullcontext([])) as records:
+        return fn(*args, **kw), records
 
 
 def fold_predictions(data: RankingData, fold: Fold, tokens: np.ndarray | None, rp: RankerParams, tp: TrainParams,

@@ -109,7 +109,7 @@ class OnnxTower:
         if onnx.get("sha256") != sha256(path):
             raise ValueError(f"{path}: its SHA-256 differs from the one stage 04 recorded in {meta_path.name}")
         self.name, self.image_size, self.dim = meta["name"], int(meta["image_size"]), int(meta["dim"])
-        self.batch_size, self.info = batch_size, {**meta, "folder": str(folder)}
+        self.batch_size = batch_size
         self._scale = np.asarray(meta["scale"], np.float32).reshape(1, 3, 1, 1)
         self._shift = np.asarray(meta["shift"], np.float32).reshape(1, 3, 1, 1)
         self._sess = session(path)
