@@ -131,6 +131,34 @@ def test_similarity_scores_stay_a_distribution_in_training():
         torch.testing.assert_close(s.exp().sum(1), torch.ones(2), atol=1e-5, rtol=0)
 
 
+def test_fast_dropout_drops_p_keeps_the_mean_and_repeats_under_a_seed():
+    """A threshold on the wrong side or a missing 1 / (1 - p) moves the kept share or the mean; masks drawn
+    outside torch's generator would not repeat under ``torch.manual_seed``; eval must pass the input through."""
+    d, ones = R.FastDropout(0.25).train(), torch.ones(400, 500)
+    torch.manual_seed(3)
+    a, c = d(ones), d(ones)
+    torch.manual_seed(3)
+    assert torch.equal(a, d(ones)) and not torch.equal(a, c)  # seeded runs repeat; successive calls differ
+    assert abs((a == 0).float().mean().item() - 0.25) < 0.005
+    assert abs(a.mean().item() - 1.0) < 0.01 and a.unique().tolist() == pytest.approx([0.0, 4 / 3])
+    x = torch.ones(30, 20, requires_grad=True)
+    y = d(x)
+    y.sum().backward()
+    assert torch.equal(x.grad, y.detach())  # the gradient is the same scaled mask
+    assert d.eval()(ones) is ones
+
+
+@pytest.mark.parametrize("arch", list(R.ARCHITECTURES))
+@pytest.mark.parametrize("attention", R.CANDIDATE_ATTENTION.list())
+def test_rankers_use_the_fast_dropout_everywhere(arch, attention):
+    """torch's transformer layers build their own nn.Dropout: each must be swapped, none left behind."""
+    cfg = R.RankerConfig(arch, model_dim=16, dataset_dim=8, n_models=5, d_model=16, heads=2, layers=2,
+                         dropout=0.1, candidate_attention=attention)
+    mods = list(R.build_ranker(cfg).modules())
+    assert not [m for m in mods if type(m) is torch.nn.Dropout]
+    assert all(m.p == 0.1 for m in mods if isinstance(m, R.FastDropout)) and any(isinstance(m, R.FastDropout) for m in mods)
+
+
 @pytest.mark.parametrize("kind", R.LOSSES.list())
 def test_loss_prefers_the_true_order(kind):
     truth = torch.tensor([[0.9, 0.5, 0.7, 0.1]])
