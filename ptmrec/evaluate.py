@@ -174,7 +174,8 @@ def against(pred: pd.DataFrame, folds: list[Fold], truth: pd.DataFrame, k: int) 
 def frontier(summary: pd.DataFrame, n_models: int, estimators: Iterable[str], method: str = "ranker") -> pd.DataFrame:
     """The cost-quality frontier: one row per (method, k) with forward passes, seconds per recommendation, both
     weighted taus, top-1 regret and tasks. The ranker at k = 0 (tokens only) and with k probed models per
-    policy; each estimator on all N forward passes and restricted to the ranker's top-k probes; stacking."""
+    policy; each estimator on all N forward passes and restricted to the ranker's top-k probes; stacking; and
+    ``oracle`` at each k, the measured accuracy on those probes (the ceiling of the restricted estimators)."""
     rows = []
     for name, r in summary.iterrows():
         base, _, k = str(name).partition("@")
@@ -186,6 +187,8 @@ def frontier(summary: pd.DataFrame, n_models: int, estimators: Iterable[str], me
             kind, k_ = base, n_models if k == "all" else int(k)
         elif base in estimators and k != "all":  # "<estimator>@all" repeats the estimator itself
             kind, k_ = base, n_models if not k else int(k)
+        elif base == "oracle" and k:  # the ceiling of every "<estimator>@k": a perfect one on the same probes
+            kind, k_ = "oracle", n_models if k == "all" else int(k)
         elif name == "stacking":
             kind, k_ = "stacking", n_models
         else:

@@ -141,11 +141,15 @@ def cost_quality(summary: pd.DataFrame, estimators: set[str], height_in: float =
 
 def frontier(front: pd.DataFrame, estimators: set[str], height_in: float = 3.4):
     """Quality against cost of the frontier table (``evaluate.frontier``): a line per probed ranker over k,
-    a point per estimator on every model, dashed lines for estimators restricted to k probes."""
+    a point per estimator on every model, dashed lines for estimators restricted to k probes, a dotted line for
+    the oracle on the same probes (their ceiling)."""
     fig, ax = figure(height_in)
     for name, g in front.groupby("method"):
         g = g.sort_values("seconds")
-        if name.startswith("ranker"):
+        if name == "oracle":  # a ceiling, not a method: what a perfect estimator on the same k probes gives
+            ax.plot(g.seconds, g.weighted_tau, ls=":", lw=1.0, color=KIND_COLOURS["reference"],
+                    label="oracle on the k probes (ceiling)")
+        elif name.startswith("ranker"):
             ax.plot(g.seconds, g.weighted_tau, marker="o", ms=3, lw=1.2, label=name, color=KIND_COLOURS["ranker"]
                     if "top" in name else "C1")
         elif len(g) > 1:

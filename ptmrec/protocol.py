@@ -280,7 +280,10 @@ def probed_predictions(model: nn.Module, data: RankingData, fold: Fold, max_toke
                        method: str, seed: int, prior: pd.DataFrame, references: bool = False) -> list[pd.DataFrame]:
     """The ranker with ``k`` probed models for every k and policy of ``probing.POLICIES`` (methods
     ``<method>+<policy>@<k>#s<seed>``; k equal to the number of candidates is written ``all``), and, with
-    ``references``, the matching single-estimator references (``<estimator>@<k>`` on the ``top`` probes).
+    ``references``, the matching single-estimator references (``<estimator>@<k>`` on the ``top`` probes) and
+    their ceiling ``oracle@<k>``: the measured accuracy itself as the estimator on the same probes (what a
+    perfect estimator would give; it costs the probes' forward passes). A reference, never a method: it reads
+    the held-out truth, as ``oracle`` and the noise ceilings do.
 
     Seconds per recommendation: the ranker's passes (prior, dropout spread for ``uncertain``, posterior)
     plus the forward pass and the evidence estimators of each probed model (``data.probe_seconds``).
@@ -306,14 +309,14 @@ def probed_predictions(model: nn.Module, data: RankingData, fold: Fold, max_toke
             out.append(pred.assign(method=f"{method}+{policy}@{label}#s{seed}", fold=fold.name, seconds=seconds))
             if not references or policy != "top":
                 continue
-            for f, est in enumerate(data.evidence_names):
-                own = {t: float((data.forward_seconds[rows[t]] + data.evidence_seconds[rows[t], :, f])[cand][probed[t]].sum())
-                       for t in fold.test_tasks}  # its forward passes and itself, no other estimator
+            columns = [(est, data.evidence[:, :, f], data.forward_seconds + data.evidence_seconds[:, :, f])
+                       for f, est in enumerate(data.evidence_names)]  # its forward passes and itself, no other
+            for est, scores, cost in columns + [("oracle", data.accuracy, data.forward_seconds)]:
                 out.append(pd.DataFrame([
                     dict(method=f"{est}@{label}", fold=fold.name, task_id=t, model_id=data.model_ids[j], score=float(v),
-                         seconds=own[t])
+                         seconds=float(cost[rows[t]][cand][probed[t]].sum()))
                     for t in fold.test_tasks
-                    for j, v in zip(cand, estimator_at_k(data.evidence[rows[t]][cand, f], priors[t], probed[t]))]))
+                    for j, v in zip(cand, estimator_at_k(scores[rows[t]][cand], priors[t], probed[t]))]))
     return out
 
 

@@ -198,6 +198,10 @@ def test_no_heldout_id_reaches_anything_fitted(tmp_path):
     assert front.loc[("ranker+top", 9), "seconds"] > front.loc[("ranker+top", 2), "seconds"] > front.loc[("ranker", 0), "seconds"]
     # logme restricted to the top-2 probes ranks those two by logme: on every task, its top model is one of them
     assert front.loc[("logme", 9), "weighted_tau"] > front.loc[("nce", 9), "weighted_tau"]
+    # the oracle on the same probes: the measured accuracy orders them, so it bounds every estimator there, and
+    # with every model probed it is the truth itself (a misaligned row or candidate list would break both)
+    assert all(front.loc[("oracle", 2), "weighted_tau"] >= front.loc[(e, 2), "weighted_tau"] for e in ("logme", "nce"))
+    assert front.loc[("oracle", 9), "weighted_tau"] == pytest.approx(1.0)
 
 
 def test_audit_catches_a_leak():
