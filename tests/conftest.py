@@ -27,6 +27,15 @@ def pytest_configure(config):
         import tempfile
 
         os.environ["PTMREC_CACHE"] = tempfile.mkdtemp(prefix="ptmrec-test-cache-")
+        config._ptmrec_cache = os.environ["PTMREC_CACHE"]  # this session made it: pytest_unconfigure removes it
+
+
+def pytest_unconfigure(config):
+    """Remove the session's dataset cache (135-380 MB; left behind, a hundred sessions filled /tmp)."""
+    made = getattr(config, "_ptmrec_cache", None)
+    if made:
+        shutil.rmtree(made, ignore_errors=True)
+        os.environ.pop("PTMREC_CACHE", None)
 
 
 def run_pipeline(runs: Path, *args: str, check: bool = True, jobs: int = 2) -> subprocess.CompletedProcess:
