@@ -223,7 +223,7 @@ class CombinedSimilarityDataset(Dataset):
     def _task(self, t: str) -> dict[str, Any]:
         """What does not change between reads of task ``t``, built on its first read: its labels, accuracies,
         true ranks and raw evidence over ``models``, and without ``sample`` its (fixed) token subset. An epoch
-        reads every task; rebuilding these each time cost as much as the ranker's data loading."""
+        reads every task; rebuilding these on every read took a third of each read's time."""
         if t not in self._static:
             row = self.data.task_ids.index(t)
             acc = self.data.accuracy[row][self.models]  # [N]
@@ -327,7 +327,8 @@ class FastDropout(nn.Module):
     draws of numpy's PCG64, seeded from torch's generator so that ``torch.manual_seed`` still fixes every mask.
 
     Why not nn.Dropout: torch's CPU ``bernoulli_`` draws one Mersenne-Twister number per element; it took 13% of
-    a ranker training step on this machine's CPUs, and the masks below cost a fifth of that. ``p`` is rounded
+    a ranker training step on this machine's CPUs, and the masks below cost about a quarter of that (a training
+epoch of the default ranker: 1.11x faster, benchmarks/ranker_step.py). ``p`` is rounded
     to a multiple of 1/65536 (0.1 -> 0.100006). Off the CPU it is ``F.dropout``.
     """
 

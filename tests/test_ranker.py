@@ -148,6 +148,21 @@ def test_fast_dropout_drops_p_keeps_the_mean_and_repeats_under_a_seed():
     assert d.eval()(ones) is ones
 
 
+def test_standardize_evidence_fast_path_gives_the_same_numbers():
+    """The path for scores known to be finite must equal the NaN-aware one exactly (the dataset takes it for
+    every task without a missing score): a population vs sample sd, or a lost clip, would show."""
+    rng = np.random.default_rng(0)
+    raw = rng.normal(size=(40, 6)) * [1, 10, 100, 1e-3, 1, 1]
+    raw[:, 4] = 2.0  # a constant score: sd 0, standardised to 0
+    raw[3, 5] = 50.0  # an outlier, clipped at 5
+    for k in (0, 1, 2, 7, 40):
+        probed = np.zeros(40, bool)
+        probed[rng.choice(40, k, replace=False)] = True
+        slow, fast = R.standardize_evidence(raw, probed), R.standardize_evidence(raw, probed, finite=True)
+        np.testing.assert_array_equal(fast, slow)
+    assert np.abs(fast).max() == 5.0 and not fast[:, 4].any()
+
+
 @pytest.mark.parametrize("arch", list(R.ARCHITECTURES))
 @pytest.mark.parametrize("attention", R.CANDIDATE_ATTENTION.list())
 def test_rankers_use_the_fast_dropout_everywhere(arch, attention):
