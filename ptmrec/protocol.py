@@ -297,6 +297,11 @@ def probed_predictions(model: nn.Module, data: RankingData, fold: Fold, max_toke
     prior_seconds = prior.groupby("task_id").seconds.first().to_dict()  # the posterior passes below are batched
     spreads = {t: prior_scores(model, data, t, cand, max_tokens, DROPOUT_PASSES).std(0) for t in fold.test_tasks}
     rows = {t: data.task_ids.index(t) for t in fold.test_tasks}
+    # the references' (name, scores [T, N], seconds [T, N]): each estimator costs its forward passes and itself, no
+    # other estimator; the oracle (the measured accuracy, their ceiling) the forward passes alone
+    references_at_k = ([(est, data.evidence[:, :, f], data.forward_seconds + data.evidence_seconds[:, :, f])
+                        for f, est in enumerate(data.evidence_names)] + [("oracle", data.accuracy, data.forward_seconds)]
+                       if references else [])
     out = []
     for policy in POLICIES:
         passes = 2 + (DROPOUT_PASSES if policy == "uncertain" else 0)
@@ -309,9 +314,7 @@ def probed_predictions(model: nn.Module, data: RankingData, fold: Fold, max_toke
             out.append(pred.assign(method=f"{method}+{policy}@{label}#s{seed}", fold=fold.name, seconds=seconds))
             if not references or policy != "top":
                 continue
-            columns = [(est, data.evidence[:, :, f], data.forward_seconds + data.evidence_seconds[:, :, f])
-                       for f, est in enumerate(data.evidence_names)]  # its forward passes and itself, no other
-            for est, scores, cost in columns + [("oracle", data.accuracy, data.forward_seconds)]:
+            for est, scores, cost in references_at_k:
                 out.append(pd.DataFrame([
                     dict(method=f"{est}@{label}", fold=fold.name, task_id=t, model_id=data.model_ids[j], score=float(v),
                          seconds=float(cost[rows[t]][cand][probed[t]].sum()))
