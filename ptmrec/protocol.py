@@ -40,7 +40,7 @@ from torch import nn
 
 from . import audit
 from .params import AutoEncoderParams, RankerParams, TrainParams
-from .ranker import RankingData, fit_ranker, predict
+from .ranker import RankingData, fit_ranker, predict, set_trust
 
 
 @dataclass
@@ -220,54 +220,79 @@ def inner_groups(data: RankingData, tasks: list[str], k: int) -> list[list[str]]
 
 
 PROBE_TOLERANCE = 0.02  # the chosen k: the fewest probed models within this inner weighted tau of the best k
+TRUST_GRID = (0.0, 0.125, 0.25, 0.5, 1.0)  # weights of the token head beside the evidence read-out, tried per k
 
 
 def inner_choice(data: RankingData, fold: Fold, rp: RankerParams, tp: TrainParams, grid: dict[str, list[Any]],
                  k: int, seed: int, ks: list[int] | None = None,
-                 progress: Callable[[Iterable], Iterable] = iter) -> tuple[RankerParams, pd.DataFrame, int]:
+                 progress: Callable[[Iterable], Iterable] = iter) -> tuple[RankerParams, pd.DataFrame, int, list | None]:
     """Choices by inner leave-datasets-out validation on the fold's training tasks and models (never its test
     tasks): the grid point with the best mean weighted tau (tokens only, k = 0), and, with ``ks`` and evidence
-    in ``data``, how many models to probe: the fewest k (0 or ``probe_ks(ks, N)``, the ``top`` k of the prior)
-    whose mean weighted tau under the chosen point is within ``PROBE_TOLERANCE`` of the best k's (forward
-    passes cost seconds; a gain below the tolerance is not worth them). Returns (the point, the table of every
-    point's scores: ``inner_weighted_tau`` and ``tau@<k>``, the chosen k). ``progress`` wraps the trainings."""
+    in ``data``:
+
+    - for every probe count c (``probe_ks(ks, N)``, the ``top`` c of the prior), the weight of the token head
+      beside the evidence read-out (``ranker.set_trust``) among ``TRUST_GRID`` with the best mean weighted
+      tau under the chosen point;
+    - how many models to probe: the fewest k (0 or one of those c) whose mean weighted tau, at its chosen
+      weight, is within ``PROBE_TOLERANCE`` of the best k's (forward passes cost seconds; a gain below the
+      tolerance is not worth them).
+
+    Returns (the point, the table of every point's scores: ``inner_weighted_tau``, ``tau@<c>`` and
+    ``trust@<c>``, the chosen k, the trust table [[share c / N, weight], ...] from share 0 (weight 1) to 1,
+    or None without evidence). ``progress`` wraps the trainings."""
     points = grid_points(grid)
     groups = inner_groups(data, fold.train_tasks, k)
     counts = [0] + probe_ks(ks, len(fold.train_models)) if ks and data.evidence is not None else [0]
     if (len(points) < 2 and len(counts) < 2) or len(groups) < 2:
-        return rp, pd.DataFrame([dict(point=str(p), inner_weighted_tau=np.nan) for p in points]), 0
-    taus: list[dict[int, list[float]]] = [{c: [] for c in counts} for _ in points]  # per point: k -> task taus
+        return rp, pd.DataFrame([dict(point=str(p), inner_weighted_tau=np.nan) for p in points]), 0, None
+    taus: list[dict[tuple[int, float], list[float]]] = [{} for _ in points]  # per point: (c, weight) -> task taus
     for i, held in progress([(i, held) for i in range(len(points)) for held in groups]):
-        for c, values in _inner_taus(data, fold, dataclasses.replace(rp, **points[i]), tp, held, counts, seed).items():
-            taus[i][c] += values
-    table = pd.DataFrame([dict(point=str(point), inner_weighted_tau=float(np.mean(t[0])), **point,
-                               **{f"tau@{c}": float(np.mean(t[c])) for c in counts[1:]})
-                          for point, t in zip(points, taus)])
+        for key, values in _inner_taus(data, fold, dataclasses.replace(rp, **points[i]), tp, held, counts, seed).items():
+            taus[i].setdefault(key, []).extend(values)
+    rows = []
+    for point, t in zip(points, taus):
+        row = dict(point=str(point), inner_weighted_tau=float(np.mean(t[0, 1.0])), **point)
+        for c in counts[1:]:
+            w = max(TRUST_GRID, key=lambda w: np.mean(t[c, w]))  # ties: the first, the least trust
+            row.update({f"tau@{c}": float(np.mean(t[c, w])), f"trust@{c}": w})
+        rows.append(row)
+    table = pd.DataFrame(rows)
     best = int(np.argmax(table.inner_weighted_tau.to_numpy()))
     by_k = np.array([table.inner_weighted_tau[best]] + [table[f"tau@{c}"][best] for c in counts[1:]])
     probe_k = int(min(c for c, v in zip(counts, by_k) if v >= by_k.max() - PROBE_TOLERANCE))
-    return dataclasses.replace(rp, **points[best]), table, probe_k
+    n = len(fold.train_models)
+    trust = [[0.0, 1.0]] + [[c / n, float(table[f"trust@{c}"][best])] for c in counts[1:]] if len(counts) > 1 else None
+    return dataclasses.replace(rp, **points[best]), table, probe_k, trust
 
 
 def _inner_taus(data: RankingData, fold: Fold, rp: RankerParams, tp: TrainParams, held: list[str],
-                counts: list[int], seed: int) -> dict[int, list[float]]:
+                counts: list[int], seed: int) -> dict[tuple[int, float], list[float]]:
     """Train on the fold's training tasks but ``held``; the weighted tau of each held task with the ``top`` c
-    models of the prior probed, for every c of ``counts`` (0: the prior alone)."""
+    models of the prior probed, for every c of ``counts`` (0: the prior alone) and, for c > 0, every weight
+    of ``TRUST_GRID``: keys (c, weight); (0, 1.0) for the prior."""
+    import torch
+
     from .metrics import weighted_tau
     from .probing import choose_probes
+    from .ranker import standardize_evidence
 
     train = [t for t in fold.train_tasks if t not in held]
     model, _ = fit_ranker(data, train, rp, tp, models=fold.train_models, seed=seed)
     # every held task in one batch (no seconds are read here); the k = 0 scores are the priors
     prior = predict(model, data, held, fold.train_models, rp.max_dataset_tokens, batch_size=len(held))
     priors = {t: g.score.to_numpy() for t, g in prior.groupby("task_id")}  # [N] in fold.train_models order
-    out: dict[int, list[float]] = {}
-    for c in counts:
-        probed = {t: choose_probes("top", c, priors[t]) for t in held} if c else None
-        pred = prior if not c else predict(model, data, held, fold.train_models, rp.max_dataset_tokens, probed,
-                                           batch_size=len(held))
-        out[c] = [weighted_tau(data.accuracy_of(t)[[data.model_ids.index(m) for m in g.model_id]], g.score.to_numpy())
-                  for t, g in pred.groupby("task_id")]
+    truth = {t: data.accuracy_of(t)[fold.train_models] for t in held}
+    out = {(0, 1.0): [weighted_tau(truth[t], s) for t, s in priors.items()]}
+    for c in counts[1:]:
+        probed = {t: choose_probes("top", c, priors[t]) for t in held}
+        pred = predict(model, data, held, fold.train_models, rp.max_dataset_tokens, probed, batch_size=len(held))
+        for t, g in pred.groupby("task_id"):  # score = head + read-out (trust 1): re-weigh the head
+            ev = standardize_evidence(data.evidence[data.task_ids.index(t)][fold.train_models], probed[t])
+            with torch.no_grad():
+                readout = model.inputs.evidence_score(torch.from_numpy(ev)[None], torch.from_numpy(probed[t])[None])
+            readout, score = readout[0].numpy().astype(float), g.score.to_numpy()
+            for w in TRUST_GRID:
+                out.setdefault((c, w), []).append(weighted_tau(truth[t], readout + w * (score - readout)))
     return out
 
 
@@ -455,11 +480,12 @@ def fold_predictions(data: RankingData, fold: Fold, tokens: np.ndarray | None, r
     with audit.fold(fold.name):
         d = data if tokens is None else dataclasses.replace(data, model_tokens=tokens)
         t0 = time.perf_counter()
-        chosen, table, probe_k = inner_choice(d, fold, rp, tp, grid, inner_k, seeds[0], ks)
+        chosen, table, probe_k, trust = inner_choice(d, fold, rp, tp, grid, inner_k, seeds[0], ks)
         choose_seconds = time.perf_counter() - t0
         for s in seeds:
             t0 = time.perf_counter()
             model, trainer = fit_ranker(d, fold.train_tasks, chosen, tp, models=fold.train_models, seed=s)
+            set_trust(model, trust)
             secs = time.perf_counter() - t0
             pred = predict(model, d, fold.test_tasks, fold.test_models, chosen.max_dataset_tokens)
             preds.append(pred.assign(method=f"{method}#s{s}", fold=fold.name))

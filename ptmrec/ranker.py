@@ -378,6 +378,10 @@ class _Inputs(nn.Module):
             # and read out straight into its score: the ranker can always fall back on a learned weighting of
             # the estimators (zeros: no random draw, so the rest of the ranker initialises as without it)
             self.evidence_out = nn.Parameter(torch.zeros(cfg.evidence_dim))
+        # how much the token head counts beside that read-out, by the share of candidates probed: rows (share,
+        # weight) [C, 2], interpolated. A buffer, never trained: all ones until inner validation chooses the
+        # weights (protocol.inner_choice -> set_trust), because on its own training tasks the head always helps
+        self.register_buffer("trust", torch.tensor([[0.0, 1.0], [1.0, 1.0]]))
         layer = nn.TransformerEncoderLayer(d, cfg.heads, 2 * d, cfg.dropout, batch_first=True, norm_first=True)
         self.encoder = nn.TransformerEncoder(layer, cfg.layers, enable_nested_tensor=False)
         attention_dropout(self.encoder, cfg.attention_dropout)
@@ -406,11 +410,40 @@ class _Inputs(nn.Module):
             return 0.0
         return (evidence @ self.evidence_out) * probed.to(evidence.dtype)
 
+    def combine(self, head: torch.Tensor, evidence: torch.Tensor | None, probed: torch.Tensor | None) -> torch.Tensor:
+        """The score [B, N]: the token head [B, N], weighted by ``trust`` at each list's share of probed models,
+        plus the evidence read-out. Without evidence, or with none probed (share 0, weight 1), the head alone."""
+        if not self.cfg.evidence_dim or evidence is None or probed is None:
+            return head
+        share = probed.to(head.dtype).mean(-1, keepdim=True)  # [B, 1]
+        return trust_weight(share, self.trust) * head + self.evidence_score(evidence, probed)
+
     def dataset(self, dataset_tokens: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """[B, M, D_d] -> encoded memory [B, M, d] and its padding mask (or the null token)."""
         if not self.cfg.dataset_tokens:
             return self.null.expand(len(dataset_tokens), 1, -1), None
         return self.encoder(self.data_in(dataset_tokens), src_key_padding_mask=mask), mask
+
+
+def trust_weight(share: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    """The token head's weight at each ``share`` of candidates probed (any shape): ``table`` [C, 2] of (share,
+    weight) rows, shares ascending from 0 to 1, interpolated linearly between them."""
+    xs, ws = table[:, 0].contiguous(), table[:, 1]
+    i = torch.searchsorted(xs, share.clamp(0.0, 1.0).contiguous(), right=True).clamp(1, len(xs) - 1)
+    lo = (share - xs[i - 1]) / (xs[i] - xs[i - 1]).clamp(min=1e-12)
+    return ws[i - 1] + (ws[i] - ws[i - 1]) * lo.clamp(0.0, 1.0)
+
+
+def set_trust(model: nn.Module, table: Any) -> nn.Module:
+    """Give ``model`` the token head's weights by share of probed models, rows (share, weight) [C, 2] (from
+    ``protocol.inner_choice``); None leaves it as it is."""
+    if table is None:
+        return model
+    t = torch.as_tensor(np.asarray(table, np.float32)).reshape(-1, 2)
+    if len(t) < 2 or t[0, 0] != 0.0 or t[-1, 0] != 1.0 or bool((t[1:, 0] <= t[:-1, 0]).any()):
+        raise ValueError(f"trust table {t.tolist()}: shares must rise from 0 to 1")
+    model.inputs.trust = t.to(model.inputs.trust.device)
+    return model
 
 
 class InducedDecoderLayer(nn.Module):
@@ -481,7 +514,7 @@ class RankingCrossAttentionTransformer(nn.Module):
                 out = layer(out, memory, memory_key_padding_mask=mask)
         else:
             out = self.decoder(out, memory, memory_key_padding_mask=mask)  # [B, N, d]
-        return self.head(out).squeeze(-1) + self.inputs.evidence_score(evidence, probed)
+        return self.inputs.combine(self.head(out).squeeze(-1), evidence, probed)
 
 
 class CustomSimilarityTransformer(nn.Module):
@@ -509,7 +542,7 @@ class CustomSimilarityTransformer(nn.Module):
             query = (memory * keep).sum(1, keepdim=True) / keep.sum(1, keepdim=True).clamp(min=1)
         keys = self.inputs.models(model_tokens, model_indices, evidence, probed)  # [B, N, d]
         _, weights = self.attn(query, keys, keys, need_weights=True, average_attn_weights=True)  # [B, 1, N]
-        return torch.log(weights.squeeze(1).clamp(min=1e-12)) + self.inputs.evidence_score(evidence, probed)
+        return self.inputs.combine(torch.log(weights.squeeze(1).clamp(min=1e-12)), evidence, probed)
 
 
 ARCHITECTURES = Registry.of("ranker architecture", {"cross_attention": RankingCrossAttentionTransformer,
@@ -711,5 +744,7 @@ def load_ranker(folder: Path) -> tuple[nn.Module, dict[str, Any]]:
     raw = json.loads((folder / "config.json").read_text())
     keys = {f.name for f in dataclasses.fields(RankerConfig)}
     model = build_ranker(RankerConfig(**{k: v for k, v in raw.items() if k in keys}))
-    model.load_state_dict(load_file(str(folder / "model.safetensors")))
+    state = load_file(str(folder / "model.safetensors"))
+    set_trust(model, state.setdefault("inputs.trust", model.inputs.trust))  # its length is the saved table's
+    model.load_state_dict(state)
     return model.eval(), raw

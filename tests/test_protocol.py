@@ -122,22 +122,28 @@ def test_inner_choice_sees_training_datasets_only():
     fold = protocol.make_folds(data)[0]
     P = tiny_params()
     with audit.recording() as records:
-        chosen, table, k = protocol.inner_choice(data, fold, P.ranker, P.train_ranker, {"loss": ["listnet", "pairwise"]}, 2, 0)
+        chosen, table, k, trust = protocol.inner_choice(data, fold, P.ranker, P.train_ranker,
+                                                        {"loss": ["listnet", "pairwise"]}, 2, 0)
     assert chosen.loss == table.loss[table.inner_weighted_tau.idxmax()] and k == 0  # no evidence: nothing to probe
+    assert trust is None
     seen = set().union(*(r.tasks for r in records))
     assert seen and not seen & set(fold.test_tasks) and seen <= set(fold.train_tasks)
 
 
 def test_inner_choice_of_k_probes_when_the_evidence_is_the_truth():
     """logme follows the accuracy in the tiny world (small noise): probing pays, so the chosen k is above 0, and it
-    is the fewest probed models within the tolerance of the best k (what the table says)."""
+    is the fewest probed models within the tolerance of the best k (what the table says). The token head's
+    weight is chosen per k from the grid, and the trust table puts each at its share of the training models."""
     data, _, _, _ = tiny_world()
     data = attach_evidence(data, tiny_scores(data), ["logme", "nce"])
     fold = protocol.make_folds(data)[0]
     P = tiny_params()
-    _, table, k = protocol.inner_choice(data, fold, P.ranker, P.train_ranker, {}, 2, 0, ks=[2, 4])
+    _, table, k, trust = protocol.inner_choice(data, fold, P.ranker, P.train_ranker, {}, 2, 0, ks=[2, 4])
     taus = {0: table.inner_weighted_tau[0], **{int(c[4:]): table[c][0] for c in table.columns if c.startswith("tau@")}}
-    assert set(taus) == {0, 2, 4, len(fold.train_models)} and k > 0
+    n = len(fold.train_models)
+    assert set(taus) == {0, 2, 4, n} and k > 0
+    assert trust == [[0.0, 1.0]] + [[c / n, table[f"trust@{c}"][0]] for c in (2, 4, n)]
+    assert all(w in protocol.TRUST_GRID for _, w in trust[1:])
     assert taus[k] >= max(taus.values()) - protocol.PROBE_TOLERANCE
     assert all(taus[c] < max(taus.values()) - protocol.PROBE_TOLERANCE for c in taus if c < k)
 

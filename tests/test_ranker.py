@@ -280,3 +280,36 @@ def test_model_token_table_puts_codes_and_behaviour_side_by_side_by_model_id(tmp
     ids, both = R.model_token_table(tmp_path, "both")
     assert ids == ["a", "c"] and both.tolist() == [[0, 1, 10], [4, 5, 30]]
     assert R.model_token_table(tmp_path, "behaviour")[0] == ["c", "a"]
+
+
+@pytest.mark.parametrize("arch", list(R.ARCHITECTURES))
+def test_trust_weighs_the_token_head_by_the_share_probed_and_survives_saving(arch, tmp_path):
+    """The score is trust(share probed) x head + evidence read-out: inner validation re-weighs the head from
+    exactly that sum (protocol._inner_taus), so a forward that weighs anything else, or a trust table lost on
+    saving, would rank with weights nobody chose."""
+    torch.manual_seed(0)
+    cfg = R.RankerConfig(arch, model_dim=16, dataset_dim=8, n_models=8, d_model=16, heads=2, layers=1,
+                         dropout=0.0, evidence_dim=3)
+    model = R.build_ranker(cfg).eval()
+    with torch.no_grad():
+        model.inputs.evidence_out.copy_(torch.tensor([0.5, -1.0, 2.0]))
+    tokens, data = torch.randn(2, 8, 16), torch.randn(2, 5, 8)
+    ev = torch.randn(2, 8, 3)
+    probed = torch.zeros(2, 8, dtype=torch.bool)
+    probed[0, :2], probed[1, :6] = True, True  # shares 1/4 and 3/4
+    readout = model.inputs.evidence_score(ev, probed)  # [2, 8]
+    # the head reads the evidence too (added to the probed models' tokens); trust 1: head + read-out, as before
+    head = model(tokens, data, evidence=ev, probed=probed) - readout
+    R.set_trust(model, [[0.0, 1.0], [0.25, 0.5], [0.5, 0.25], [1.0, 0.0]])
+    w = torch.tensor([[0.5], [0.125]])  # share 3/4: halfway between 0.25 and 0
+    torch.testing.assert_close(model(tokens, data, evidence=ev, probed=probed), w * head + readout)
+    none = torch.zeros_like(probed)
+    torch.testing.assert_close(model(tokens, data, evidence=ev, probed=none), model(tokens, data))  # the head alone
+    torch.testing.assert_close(R.trust_weight(torch.tensor([0.0, 0.1, 1.0, 1.5]), model.inputs.trust),
+                               torch.tensor([1.0, 0.8, 0.0, 0.0]))
+    R.save_ranker(model, tmp_path / "r")
+    again, _ = R.load_ranker(tmp_path / "r")
+    torch.testing.assert_close(again.inputs.trust, model.inputs.trust)
+    torch.testing.assert_close(again(tokens, data, evidence=ev, probed=probed), w * head + readout)
+    with pytest.raises(ValueError, match="shares must rise from 0 to 1"):
+        R.set_trust(model, [[0.0, 1.0], [0.5, 1.0]])
