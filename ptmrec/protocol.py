@@ -13,8 +13,11 @@ Two kinds of fold (``make_folds``):
 
 Choices made from ground truth, and where: the ranker's hyperparameters among ``evaluate.inner_grid``
 are chosen per leave-datasets-out fold by inner leave-datasets-out validation on that fold's training
-datasets (``inner_choice``); early stopping holds out whole training datasets (``ranker.validation_split``).
-Leave-models-out uses the parameter set's ranker as given (no choice at all), and the extractor design
+datasets (``inner_choice``), and with evidence so are how many models to probe and, per probe count, how much
+the token head counts beside the evidence read-out (``ranker.set_trust``); early stopping holds out whole
+training datasets (``ranker.validation_split``).
+Leave-models-out uses the parameter set's ranker settings as given (no grid; the probe count and the trust
+are chosen as above, on the fold's training tasks and models), and the extractor design
 and token kind are parameters, never chosen from ground truth. ``ptmrec.audit`` records what every
 fitted component saw; tests/test_protocol.py proves no held-out id reaches one.
 
@@ -281,6 +284,8 @@ def _inner_taus(data: RankingData, fold: Fold, rp: RankerParams, tp: TrainParams
     # every held task in one batch (no seconds are read here); the k = 0 scores are the priors
     prior = predict(model, data, held, fold.train_models, rp.max_dataset_tokens, batch_size=len(held))
     priors = {t: g.score.to_numpy() for t, g in prior.groupby("task_id")}  # [N] in fold.train_models order
+    # the measured accuracies behind every inner choice (grid point, probe count, trust): training tasks only
+    audit.seen("inner validation", held, [data.model_ids[i] for i in fold.train_models])
     truth = {t: data.accuracy_of(t)[fold.train_models] for t in held}
     out = {(0, 1.0): [weighted_tau(truth[t], s) for t, s in priors.items()]}
     for c in counts[1:]:

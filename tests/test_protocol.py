@@ -183,7 +183,8 @@ def test_no_heldout_id_reaches_anything_fitted(tmp_path):
                             {"autoencoder": data}, vectors, tmp_path)
     folds = {f.name: f for fs in ev.folds.values() for f in fs}
     components = {r.component for r in records}
-    assert {"ranker", "autoencoder", "standardiser", "popularity", "stacking", "evidence read-out"} <= components
+    assert {"ranker", "autoencoder", "standardiser", "popularity", "stacking", "evidence read-out",
+            "inner validation"} <= components
     for r in records:
         f = folds[r.fold]
         assert not r.tasks & set(f.test_tasks), (r.component, r.fold)
