@@ -501,7 +501,7 @@ def fold_predictions(data: RankingData, fold: Fold, tokens: np.ndarray | None, r
             log.append(dict(method=method, fold=fold.name, seed=s, epochs=len(trainer.history),
                             kind="leave_models_out" if fold.holds_out_models else "leave_datasets_out",
                             best_epoch=trainer.best_epoch, val_loss=trainer.best_loss, seconds=secs,
-                            choice={k: getattr(chosen, k) for k in sorted(grid)}, probe_k=probe_k,
+                            choice={k: getattr(chosen, k) for k in sorted(grid)}, probe_k=probe_k, trust=trust,
                             inner_scores=table.to_dict("records") if s == seeds[0] else None,
                             choice_seconds=choose_seconds if s == seeds[0] else 0.0,
                             n_train_tasks=len(fold.train_tasks), n_train_models=len(fold.train_models),
