@@ -197,6 +197,12 @@ def test_no_heldout_id_reaches_anything_fitted(tmp_path):
     assert lists.nunique() == 1 and {"ranker", "ranker:no_dataset_tokens", "popularity", "oracle"} <= set(lists.index)
     assert ev.ldo.loc["oracle", "weighted_tau"] == pytest.approx(1.0)
     assert ev.ldo.loc["ranker", "seeds"] == 2 and np.isfinite(ev.ldo.loc["ranker", "weighted_tau_sd"])
+    # the paired tests of the ranker with every model probed: that ranker, on every leave-datasets-out list
+    for name, b in (("ranker_all_vs_stacking", "stacking"), ("ranker_all_vs_best_estimator_gt", ev.tests["best_estimator"])):
+        t = ev.tests[name]
+        assert (t["a"], t["b"], t["n"]) == ("ranker+top@all", b, ev.ldo.loc["ranker", "lists"])
+        assert t["mean_a"] == pytest.approx(ev.ldo.loc["ranker+top@all", t["metric"]])
+    assert ev.tests["lmo_ranker_all_vs_logme"]["n"] == ev.lmo.loc["ranker", "lists"]
     assert "popularity" not in set(ev.lmo_per_list.method)  # would need the unseen models' accuracies
     # the frontier: k = 0, 2 and all probed, two policies; logme restricted to the same probes; stacking
     front = E.frontier(ev.ldo, len(data.model_ids), {"logme", "nce"}).set_index(["method", "k"])
