@@ -256,7 +256,9 @@ def inner_choice(data: RankingData, fold: Fold, rp: RankerParams, tp: TrainParam
     for point, t in zip(points, taus):
         row = dict(point=str(point), inner_weighted_tau=float(np.mean(t[0, 1.0])), **point)
         for c in counts[1:]:
-            w = max(TRUST_GRID, key=lambda w: np.mean(t[c, w]))  # ties: the first, the least trust
+            # ties (the same ranking at several weights, as with one probed model, whose evidence is all zeros):
+            # the most trust, the ranker as trained
+            w = max(TRUST_GRID[::-1], key=lambda w: np.mean(t[c, w]))
             row.update({f"tau@{c}": float(np.mean(t[c, w])), f"trust@{c}": w})
         rows.append(row)
     table = pd.DataFrame(rows)
