@@ -382,8 +382,19 @@ def recommend(run: str | Path, images: str | Path, top: int | None = None, max_l
                 seconds_total=sum(times.values()), ranker_format=cfg.get("format"),
                 probe_k=k, probe_requested=probe, probe_failures=failed,
                 probed_models=[m for m, p in zip(cfg["model_ids"], probed) if p],
-                probe_estimators=list(cfg.get("evidence") or []) if k else [])
+                probe_estimators=list(cfg.get("evidence") or []) if k else [],
+                token_weight=_token_weight(model, probed) if k else None)
     return Recommendation(fits, nearest, info, every.reset_index(drop=True))
+
+
+def _token_weight(model: torch.nn.Module, probed: np.ndarray) -> float:
+    """How much the ranker's token head counted beside the evidence of the ``probed`` [N] models (its
+    inner-validated trust at their share of the zoo; 1 = as trained, 0 = the evidence alone)."""
+    import torch
+
+    from .ranker import trust_weight
+
+    return float(trust_weight(torch.tensor(float(probed.mean())), model.inputs.trust))
 
 
 def check_probe(cfg: dict[str, Any], probe: int | None) -> int:
@@ -423,7 +434,8 @@ def format_table(rec: Recommendation) -> str:
         note = (f" (--probe {asked} is more than the zoo's {rec.info['n_models']} models: all were probed)"
                 if asked is not None and asked > rec.info["n_models"] else "")
         out.append(f"probed {len(rec.info['probed_models'])} models on the images in {s['probe']:.2f} s{note} "
-                   f"({', '.join(rec.info['probed_models'])}; estimators {', '.join(rec.info['probe_estimators'])})")
+                   f"({', '.join(rec.info['probed_models'])}; estimators {', '.join(rec.info['probe_estimators'])}; "
+                   f"token head weight {rec.info['token_weight']:.3g} beside their evidence)")
         if rec.info.get("probe_failures"):
             out.append(f"probing failed for {', '.join(rec.info['probe_failures'])} (see stderr); ranked without them")
     if rec.info["skipped_files"]:

@@ -12,6 +12,7 @@ from PIL import Image
 
 from ptmrec.data import load_tasks
 from ptmrec.paths import REPO
+from ptmrec.ranker import load_ranker
 from ptmrec.recommend import RecommendError, check_run, recommend
 
 pytestmark = pytest.mark.slow
@@ -255,6 +256,9 @@ def test_probe_runs_the_priors_favourites_and_ranks_again_with_their_evidence(ru
     assert rec.info["probe_k"] == 2 and sorted(rec.info["probed_models"]) == sorted(prior.ranked.model_id[:2])
     assert rec.ranked.probed.sum() == 2 and (rec.ranked.probe_seconds[rec.ranked.probed] > 0).all()
     assert rec.info["probe_estimators"] == cfg["evidence"] and rec.info["seconds"]["probe"] > 0
+    trust = load_ranker(run / "06_ranker" / "ranker")[0].inputs.trust.numpy()  # the run's inner-validated table
+    n = len(cfg["model_ids"])
+    assert rec.info["token_weight"] == pytest.approx(float(np.interp(2 / n, trust[:, 0], trust[:, 1])))
     moved = prior.ranked.set_index("model_id").score - rec.ranked.set_index("model_id").score
     assert np.abs(moved).max() > 1e-6  # the evidence reached the ranker
     assert recommend(run, images).info["probe_k"] == 0  # fast by default: no zoo model runs
