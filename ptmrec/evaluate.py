@@ -306,11 +306,11 @@ def judge(pred: pd.DataFrame, folds: dict[str, list[Fold]], model_ids: list[str]
     best = best_estimator(summary, estimators)
     tests = {"best_estimator": best, "ranker_vs_best_estimator": paired_test(table, "ranker", best),
              "ranker_vs_best_estimator_gt": paired_test(table, "ranker", best, "weighted_tau_gt")}
-    every = "ranker+top@all"  # the ranker with every model probed, against what needs the same forward passes
-    for b in (best, "stacking") if every in set(table.method) else ():
-        if b in set(table.method):
+    every, methods = "ranker+top@all", set(table.method)  # every model probed, against the same forward passes
+    for name, b in (("best_estimator", best), ("stacking", "stacking")):
+        if {every, b} <= methods:
             for metric, tail in (("weighted_tau", ""), ("weighted_tau_gt", "_gt")):
-                tests[f"ranker_all_vs_{'best_estimator' if b == best else b}{tail}"] = paired_test(table, every, b, metric)
+                tests[f"ranker_all_vs_{name}{tail}"] = paired_test(table, every, b, metric)
     if "leave_models_out" in out and "logme" in set(out["leave_models_out"][0].method):
         lmo = out["leave_models_out"][0]
         tests["lmo_ranker_vs_logme"] = paired_test(lmo, "ranker", "logme")

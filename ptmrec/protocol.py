@@ -39,11 +39,12 @@ from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 import pandas as pd
+import torch
 from torch import nn
 
 from . import audit
 from .params import AutoEncoderParams, RankerParams, TrainParams
-from .ranker import RankingData, fit_ranker, predict, set_trust
+from .ranker import RankingData, fit_ranker, predict, set_trust, standardize_evidence
 
 
 @dataclass
@@ -275,11 +276,8 @@ def _inner_taus(data: RankingData, fold: Fold, rp: RankerParams, tp: TrainParams
     """Train on the fold's training tasks but ``held``; the weighted tau of each held task with the ``top`` c
     models of the prior probed, for every c of ``counts`` (0: the prior alone) and, for c > 0, every weight
     of ``TRUST_GRID``: keys (c, weight); (0, 1.0) for the prior."""
-    import torch
-
     from .metrics import weighted_tau
     from .probing import choose_probes
-    from .ranker import standardize_evidence
 
     train = [t for t in fold.train_tasks if t not in held]
     model, _ = fit_ranker(data, train, rp, tp, models=fold.train_models, seed=seed)

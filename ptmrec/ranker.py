@@ -415,8 +415,11 @@ class _Inputs(nn.Module):
         plus the evidence read-out. Without evidence, or with none probed (share 0, weight 1), the head alone."""
         if not self.cfg.evidence_dim or evidence is None or probed is None:
             return head
-        share = probed.to(head.dtype).mean(-1, keepdim=True)  # [B, 1]
-        return trust_weight(share, self.trust) * head + self.evidence_score(evidence, probed)
+        return self.head_weight(probed) * head + self.evidence_score(evidence, probed)
+
+    def head_weight(self, probed: torch.Tensor) -> torch.Tensor:
+        """[B, 1]: the token head's weight for each list of ``probed`` [B, N] models, ``trust`` at their share."""
+        return trust_weight(probed.float().mean(-1, keepdim=True), self.trust)
 
     def dataset(self, dataset_tokens: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """[B, M, D_d] -> encoded memory [B, M, d] and its padding mask (or the null token)."""

@@ -392,9 +392,7 @@ def _token_weight(model: torch.nn.Module, probed: np.ndarray) -> float:
     inner-validated trust at their share of the zoo; 1 = as trained, 0 = the evidence alone)."""
     import torch
 
-    from .ranker import trust_weight
-
-    return float(trust_weight(torch.tensor(float(probed.mean())), model.inputs.trust))
+    return float(model.inputs.head_weight(torch.from_numpy(probed)[None]))
 
 
 def check_probe(cfg: dict[str, Any], probe: int | None) -> int:
