@@ -254,7 +254,7 @@ def learned_predictions(data: RankingData, P: Params, variants: dict[str, Rankin
     refits = start_refits(vectors, data, lmo, P.autoencoder, P.train_autoencoder, P.run.seed, out_dir / "autoencoders",
                           pool) if lmo else {}
     pending = start(fold_units(data, ldo, P.ranker, P.train_ranker, seeds, grid=E.inner_grid, inner_k=E.inner_folds,
-                               ks=E.probe_ks), pool)
+                               ks=E.probe_ks, neighbours=True), pool)
     for ab in E.ablations:
         rp = ranker_params(P.ranker, ab)
         pending += start(fold_units(variants[rp.model_tokens], ldo, rp, P.train_ranker, seeds[:1],
@@ -307,6 +307,9 @@ def judge(pred: pd.DataFrame, folds: dict[str, list[Fold]], model_ids: list[str]
     tests = {"best_estimator": best, "ranker_vs_best_estimator": paired_test(table, "ranker", best),
              "ranker_vs_best_estimator_gt": paired_test(table, "ranker", best, "weighted_tau_gt")}
     every, methods = "ranker+top@all", set(table.method)  # every model probed, against the same forward passes
+    for b in ("popularity", "neighbours"):  # k = 0: the best static prior, and the ranker's own neighbour prior alone
+        if b in methods:
+            tests[f"ranker_vs_{b}"] = paired_test(table, "ranker", b)
     for name, b in (("best_estimator", best), ("stacking", "stacking")):
         if {every, b} <= methods:
             for metric, tail in (("weighted_tau", ""), ("weighted_tau_gt", "_gt")):

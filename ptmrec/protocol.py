@@ -13,9 +13,12 @@ Two kinds of fold (``make_folds``):
 
 Choices made from ground truth, and where: the ranker's hyperparameters among ``evaluate.inner_grid``
 are chosen per leave-datasets-out fold by inner leave-datasets-out validation on that fold's training
-datasets (``inner_choice``), and with evidence so are how many models to probe and, per probe count, how much
-the token head counts beside the evidence read-out (``ranker.set_trust``); early stopping holds out whole
-training datasets (``ranker.validation_split``).
+datasets (``inner_choice``), and so are the weight and temperature of the dataset-neighbour prior that the
+token head moves towards (``ranker.set_neighbours``; its tables from the fold's training tasks x training
+models), and with evidence how many models to probe and, per probe count, how much the token head counts
+beside the evidence read-out (``ranker.set_trust``); early stopping holds out whole training datasets
+(``ranker.validation_split``). Leave-models-out ranks models nobody measured, so the neighbour prior, which
+reads their training accuracies, has nothing to say there and is not used.
 Leave-models-out uses the parameter set's ranker settings as given (no grid; the probe count and the trust
 are chosen as above, on the fold's training tasks and models), and the extractor design
 and token kind are parameters, never chosen from ground truth. ``ptmrec.audit`` records what every
@@ -44,7 +47,7 @@ from torch import nn
 
 from . import audit
 from .params import AutoEncoderParams, RankerParams, TrainParams
-from .ranker import RankingData, fit_ranker, predict, set_trust, standardize_evidence
+from .ranker import RankingData, fit_ranker, neighbour_tables, predict, set_neighbours, set_trust, standardize_evidence
 
 
 @dataclass
@@ -225,70 +228,111 @@ def inner_groups(data: RankingData, tasks: list[str], k: int) -> list[list[str]]
 
 PROBE_TOLERANCE = 0.02  # the chosen k: the fewest probed models within this inner weighted tau of the best k
 TRUST_GRID = (0.0, 0.125, 0.25, 0.5, 1.0)  # weights of the token head beside the evidence read-out, tried per k
+NEIGHBOUR_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)  # how far the head moves towards the dataset-neighbour prior
+NEIGHBOUR_TEMPERATURES = (0.05, 0.1, 0.2, 0.5)  # its softmax over cosines of centred mean dataset tokens
+
+
+@dataclass
+class InnerChoice:
+    """What ``inner_choice`` chose on a fold's training tasks, and the table it chose from."""
+
+    rp: RankerParams  # the grid point
+    table: pd.DataFrame  # per point: inner_weighted_tau (k = 0), neighbour_weight/_temperature, tau@<c>, trust@<c>
+    probe_k: int = 0  # how many models to probe
+    trust: list | None = None  # [[share c / N, weight], ...] from share 0 (weight 1) to 1; None without evidence
+    neighbours: tuple[float, float] = (0.0, 1.0)  # (weight, temperature) of the dataset-neighbour prior
 
 
 def inner_choice(data: RankingData, fold: Fold, rp: RankerParams, tp: TrainParams, grid: dict[str, list[Any]],
-                 k: int, seed: int, ks: list[int] | None = None,
-                 progress: Callable[[Iterable], Iterable] = iter) -> tuple[RankerParams, pd.DataFrame, int, list | None]:
+                 k: int, seed: int, ks: list[int] | None = None, neighbours: bool = False,
+                 progress: Callable[[Iterable], Iterable] = iter) -> InnerChoice:
     """Choices by inner leave-datasets-out validation on the fold's training tasks and models (never its test
-    tasks): the grid point with the best mean weighted tau (tokens only, k = 0), and, with ``ks`` and evidence
-    in ``data``:
+    tasks), each by the best mean weighted tau of the held inner datasets:
 
-    - for every probe count c (``probe_ks(ks, N)``, the ``top`` c of the prior), the weight of the token head
-      beside the evidence read-out (``ranker.set_trust``) among ``TRUST_GRID`` with the best mean weighted
-      tau under the chosen point;
+    - the grid point, and with ``neighbours`` the weight and temperature of the dataset-neighbour prior
+      (``ranker.set_neighbours``; its tables from the inner training tasks) among ``NEIGHBOUR_WEIGHTS`` x
+      ``NEIGHBOUR_TEMPERATURES``, both with tokens only (k = 0);
+    - with ``ks`` and evidence in ``data``, for every probe count c (``probe_ks(ks, N)``, the ``top`` c of that
+      prior), the weight of the token head beside the evidence read-out (``ranker.set_trust``) among
+      ``TRUST_GRID``;
     - how many models to probe: the fewest k (0 or one of those c) whose mean weighted tau, at its chosen
       weight, is within ``PROBE_TOLERANCE`` of the best k's (forward passes cost seconds; a gain below the
       tolerance is not worth them).
-
-    Returns (the point, the table of every point's scores: ``inner_weighted_tau``, ``tau@<c>`` and
-    ``trust@<c>``, the chosen k, the trust table [[share c / N, weight], ...] from share 0 (weight 1) to 1,
-    or None without evidence). ``progress`` wraps the trainings."""
+    ``progress`` wraps the trainings."""
     points = grid_points(grid)
     groups = inner_groups(data, fold.train_tasks, k)
     counts = [0] + probe_ks(ks, len(fold.train_models)) if ks and data.evidence is not None else [0]
-    if (len(points) < 2 and len(counts) < 2) or len(groups) < 2:
-        return rp, pd.DataFrame([dict(point=str(p), inner_weighted_tau=np.nan) for p in points]), 0, None
-    taus: list[dict[tuple[int, float], list[float]]] = [{} for _ in points]  # per point: (c, weight) -> task taus
+    mixes = [(0.0, 1.0)] + ([(w, t) for w in NEIGHBOUR_WEIGHTS[1:] for t in NEIGHBOUR_TEMPERATURES] if neighbours else [])
+    if (len(points) < 2 and len(counts) < 2 and len(mixes) < 2) or len(groups) < 2:
+        return InnerChoice(rp, pd.DataFrame([dict(point=str(p), inner_weighted_tau=np.nan) for p in points]))
+    fits: list[list[tuple]] = [[] for _ in points]  # per point, per group: (model, inner training tasks, held)
+    taus: list[dict[tuple[float, float], list[float]]] = [{} for _ in points]  # per point: mix -> task taus
     for i, held in progress([(i, held) for i in range(len(points)) for held in groups]):
-        for key, values in _inner_taus(data, fold, dataclasses.replace(rp, **points[i]), tp, held, counts, seed).items():
-            taus[i].setdefault(key, []).extend(values)
+        train = [t for t in fold.train_tasks if t not in held]
+        model, _ = fit_ranker(data, train, dataclasses.replace(rp, **points[i]), tp, models=fold.train_models, seed=seed)
+        tables = neighbour_tables(data, train, fold.train_models) if neighbours else None
+        models = [data.model_ids[j] for j in fold.train_models]
+        if neighbours:
+            audit.seen("neighbour prior", train, models)
+        # the measured accuracies behind every inner choice (grid point, prior, probe count, trust): training tasks
+        audit.seen("inner validation", held, models)
+        fits[i].append((model, tables, held))
+        for mix in mixes:
+            set_neighbours(model, tables, *mix)
+            for t, s in _inner_priors(model, data, fold, points[i], rp, held).items():
+                taus[i].setdefault(mix, []).append(_inner_tau(data, fold, t, s))
     rows = []
     for point, t in zip(points, taus):
-        row = dict(point=str(point), inner_weighted_tau=float(np.mean(t[0, 1.0])), **point)
-        for c in counts[1:]:
-            # ties (the same ranking at several weights, as with one probed model, whose evidence is all zeros):
-            # the most trust, the ranker as trained
-            w = max(TRUST_GRID[::-1], key=lambda w: np.mean(t[c, w]))
-            row.update({f"tau@{c}": float(np.mean(t[c, w])), f"trust@{c}": w})
-        rows.append(row)
+        mix = max(mixes[::-1], key=lambda m: np.mean(t[m]))  # ties: the head alone
+        rows.append(dict(point=str(point), inner_weighted_tau=float(np.mean(t[mix])), **point,
+                         neighbour_weight=mix[0], neighbour_temperature=mix[1]))
     table = pd.DataFrame(rows)
     best = int(np.argmax(table.inner_weighted_tau.to_numpy()))
+    mix = (float(table.neighbour_weight[best]), float(table.neighbour_temperature[best]))
+    chosen = dataclasses.replace(rp, **points[best])
+    if len(counts) < 2:
+        return InnerChoice(chosen, table, 0, None, mix)
+    by_c: dict[tuple[int, float], list[float]] = {}
+    for model, tables, held in fits[best]:
+        set_neighbours(model, tables, *mix)
+        for key, values in _inner_probed_taus(model, data, fold, chosen, held, counts[1:]).items():
+            by_c.setdefault(key, []).extend(values)
+    for c in counts[1:]:
+        # ties (the same ranking at several weights, as with one probed model, whose evidence is all zeros):
+        # the most trust, the ranker as trained
+        w = max(TRUST_GRID[::-1], key=lambda w: np.mean(by_c[c, w]))
+        table.loc[best, [f"tau@{c}", f"trust@{c}"]] = [float(np.mean(by_c[c, w])), w]
     by_k = np.array([table.inner_weighted_tau[best]] + [table[f"tau@{c}"][best] for c in counts[1:]])
     probe_k = int(min(c for c, v in zip(counts, by_k) if v >= by_k.max() - PROBE_TOLERANCE))
     n = len(fold.train_models)
-    trust = [[0.0, 1.0]] + [[c / n, float(table[f"trust@{c}"][best])] for c in counts[1:]] if len(counts) > 1 else None
-    return dataclasses.replace(rp, **points[best]), table, probe_k, trust
+    trust = [[0.0, 1.0]] + [[c / n, float(table[f"trust@{c}"][best])] for c in counts[1:]]
+    return InnerChoice(chosen, table, probe_k, trust, mix)
 
 
-def _inner_taus(data: RankingData, fold: Fold, rp: RankerParams, tp: TrainParams, held: list[str],
-                counts: list[int], seed: int) -> dict[tuple[int, float], list[float]]:
-    """Train on the fold's training tasks but ``held``; the weighted tau of each held task with the ``top`` c
-    models of the prior probed, for every c of ``counts`` (0: the prior alone) and, for c > 0, every weight
-    of ``TRUST_GRID``: keys (c, weight); (0, 1.0) for the prior."""
+def _inner_priors(model: nn.Module, data: RankingData, fold: Fold, point: dict[str, Any], rp: RankerParams,
+                  held: list[str]) -> dict[str, np.ndarray]:
+    """The k = 0 scores [N] (``fold.train_models`` order) of every ``held`` task, in one batch (no seconds are read)."""
+    cut = dataclasses.replace(rp, **point).max_dataset_tokens
+    prior = predict(model, data, held, fold.train_models, cut, batch_size=len(held))
+    return {t: g.score.to_numpy() for t, g in prior.groupby("task_id")}
+
+
+def _inner_tau(data: RankingData, fold: Fold, task: str, scores: np.ndarray) -> float:
+    """The weighted tau of ``scores`` [N] against a held inner task's measured accuracies (a training task)."""
     from .metrics import weighted_tau
+
+    return weighted_tau(data.accuracy_of(task)[fold.train_models], scores)
+
+
+def _inner_probed_taus(model: nn.Module, data: RankingData, fold: Fold, rp: RankerParams, held: list[str],
+                       counts: list[int]) -> dict[tuple[int, float], list[float]]:
+    """The weighted tau of each ``held`` task with the ``top`` c models of the prior probed, for every c of
+    ``counts`` and every weight of ``TRUST_GRID``: keys (c, weight)."""
     from .probing import choose_probes
 
-    train = [t for t in fold.train_tasks if t not in held]
-    model, _ = fit_ranker(data, train, rp, tp, models=fold.train_models, seed=seed)
-    # every held task in one batch (no seconds are read here); the k = 0 scores are the priors
-    prior = predict(model, data, held, fold.train_models, rp.max_dataset_tokens, batch_size=len(held))
-    priors = {t: g.score.to_numpy() for t, g in prior.groupby("task_id")}  # [N] in fold.train_models order
-    # the measured accuracies behind every inner choice (grid point, probe count, trust): training tasks only
-    audit.seen("inner validation", held, [data.model_ids[i] for i in fold.train_models])
-    truth = {t: data.accuracy_of(t)[fold.train_models] for t in held}
-    out = {(0, 1.0): [weighted_tau(truth[t], s) for t, s in priors.items()]}
-    for c in counts[1:]:
+    priors = _inner_priors(model, data, fold, {}, rp, held)
+    out: dict[tuple[int, float], list[float]] = {}
+    for c in counts:
         probed = {t: choose_probes("top", c, priors[t]) for t in held}
         pred = predict(model, data, held, fold.train_models, rp.max_dataset_tokens, probed, batch_size=len(held))
         for t, g in pred.groupby("task_id"):  # score = head + read-out (trust 1): re-weigh the head
@@ -297,7 +341,7 @@ def _inner_taus(data: RankingData, fold: Fold, rp: RankerParams, tp: TrainParams
                 readout = model.inputs.evidence_score(torch.from_numpy(ev)[None], torch.from_numpy(probed[t])[None])
             readout, score = readout[0].numpy().astype(float), g.score.to_numpy()
             for w in TRUST_GRID:
-                out.setdefault((c, w), []).append(weighted_tau(truth[t], readout + w * (score - readout)))
+                out.setdefault((c, w), []).append(_inner_tau(data, fold, t, readout + w * (score - readout)))
     return out
 
 
@@ -370,7 +414,7 @@ def ranker_predictions(data: RankingData, folds: list[Fold], rp: RankerParams, t
                        method: str = "ranker", grid: dict[str, list[Any]] | None = None, inner_k: int = 2,
                        tokens_of: Callable[[Fold], np.ndarray] | None = None, ks: list[int] | None = None,
                        progress: Callable[[Iterable], Iterable] = iter,
-                       pool: Executor | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+                       pool: Executor | None = None, neighbours: bool = False) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Predictions of one ranker variant on every fold, for every seed (methods ``<method>#s<seed>``).
 
     ``grid``: choose the ranker's hyperparameters per fold by ``inner_choice`` (with the first seed);
@@ -380,16 +424,18 @@ def ranker_predictions(data: RankingData, folds: list[Fold], rp: RankerParams, t
     worker processes, with the same predictions and the same ``audit`` records as in this one.
     Returns (predictions, log: one row per trained ranker with the chosen point, epochs, seconds).
     """
-    units = fold_units(data, folds, rp, tp, seeds, method, grid, inner_k, tokens_of, ks)
+    units = fold_units(data, folds, rp, tp, seeds, method, grid, inner_k, tokens_of, ks, neighbours)
     return fold_results(start(units, pool), progress)
 
 
 def fold_units(data: RankingData, folds: list[Fold], rp: RankerParams, tp: TrainParams, seeds: list[int],
                method: str = "ranker", grid: dict[str, list[Any]] | None = None, inner_k: int = 2,
-               tokens_of: Callable[[Fold], np.ndarray] | None = None, ks: list[int] | None = None) -> list[tuple]:
+               tokens_of: Callable[[Fold], np.ndarray] | None = None, ks: list[int] | None = None,
+               neighbours: bool = False) -> list[tuple]:
     """The work of ``ranker_predictions`` (same arguments), one unit per fold, for ``start``; a fold's tokens
     (``tokens_of``: a refitted autoencoder's, ``start_refits``) are asked for here, in this process."""
-    setting = dict(rp=rp, tp=tp, seeds=seeds, method=method, grid=grid or {}, inner_k=inner_k, ks=ks)
+    setting = dict(rp=rp, tp=tp, seeds=seeds, method=method, grid=grid or {}, inner_k=inner_k, ks=ks,
+                   neighbours=neighbours)
     units = []
     for fold in folds:
         with audit.fold(fold.name):  # a refitted autoencoder belongs to the fold it serves
@@ -478,20 +524,31 @@ def _recorded(recording: bool, fn: Callable[..., Any], *args: Any, **kw: Any) ->
 
 def fold_predictions(data: RankingData, fold: Fold, tokens: np.ndarray | None, rp: RankerParams, tp: TrainParams,
                      seeds: list[int], method: str, grid: dict[str, list[Any]], inner_k: int,
-                     ks: list[int] | None) -> tuple[list[pd.DataFrame], list[dict]]:
+                     ks: list[int] | None, neighbours: bool = False) -> tuple[list[pd.DataFrame], list[dict]]:
     """One fold of ``ranker_predictions`` (``tokens``: the fold's model tokens [N, D], None = data's own):
-    (prediction frames, log rows)."""
+    (prediction frames, log rows). With ``neighbours``, the dataset-neighbour prior (``inner_choice``) joins
+    the ranker, and its first seed also gives the prior alone as the reference ``neighbours``."""
     preds, log = [], []
     with audit.fold(fold.name):
         d = data if tokens is None else dataclasses.replace(data, model_tokens=tokens)
         t0 = time.perf_counter()
-        chosen, table, probe_k, trust = inner_choice(d, fold, rp, tp, grid, inner_k, seeds[0], ks)
+        inner = inner_choice(d, fold, rp, tp, grid, inner_k, seeds[0], ks, neighbours)
+        chosen, table, probe_k, trust = inner.rp, inner.table, inner.probe_k, inner.trust
         choose_seconds = time.perf_counter() - t0
+        tables = None
+        if neighbours:
+            audit.seen("neighbour prior", fold.train_tasks, [data.model_ids[i] for i in fold.train_models])
+            tables = neighbour_tables(d, fold.train_tasks, fold.train_models)
         for s in seeds:
             t0 = time.perf_counter()
             model, trainer = fit_ranker(d, fold.train_tasks, chosen, tp, models=fold.train_models, seed=s)
             set_trust(model, trust)
             secs = time.perf_counter() - t0
+            if neighbours and s == seeds[0]:  # the prior alone: weight 1 at the chosen temperature
+                set_neighbours(model, tables, 1.0, inner.neighbours[1])
+                alone = predict(model, d, fold.test_tasks, fold.test_models, chosen.max_dataset_tokens)
+                preds.append(alone.assign(method="neighbours", fold=fold.name))
+            set_neighbours(model, tables, *inner.neighbours)
             pred = predict(model, d, fold.test_tasks, fold.test_models, chosen.max_dataset_tokens)
             preds.append(pred.assign(method=f"{method}#s{s}", fold=fold.name))
             if ks and d.evidence is not None:
@@ -502,6 +559,7 @@ def fold_predictions(data: RankingData, fold: Fold, tokens: np.ndarray | None, r
                             kind="leave_models_out" if fold.holds_out_models else "leave_datasets_out",
                             best_epoch=trainer.best_epoch, val_loss=trainer.best_loss, seconds=secs,
                             choice={k: getattr(chosen, k) for k in sorted(grid)}, probe_k=probe_k, trust=trust,
+                            neighbour_weight=inner.neighbours[0], neighbour_temperature=inner.neighbours[1],
                             inner_scores=table.to_dict("records") if s == seeds[0] else None,
                             choice_seconds=choose_seconds if s == seeds[0] else 0.0,
                             n_train_tasks=len(fold.train_tasks), n_train_models=len(fold.train_models),

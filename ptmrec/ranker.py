@@ -12,6 +12,10 @@
 - ``CustomSimilarityTransformer``: the encoded dataset, pooled, is one query of a multi-head
   cross-attention over the model tokens; its attention weights are a distribution over models
   (log-probabilities are returned as scores).
+- The dataset-neighbour prior (``neighbour_tables``, ``set_neighbours``): the z-scored accuracies of the
+  training tasks, weighted by how close their mean CLIP token is to the target's (kernel regression over
+  tasks, the meta-learning prior of collaborative-filtering recommenders); after training, the head is moved
+  towards it by an inner-validated weight.
 - ``RankingLoss``: listwise ListNet (Cao et al., ICML 2007) or ListMLE (Xia et al., ICML 2008),
   or pairwise RankNet-style logistic loss (Burges et al., ICML 2005).
 
@@ -382,6 +386,15 @@ class _Inputs(nn.Module):
         # weight) [C, 2], interpolated. A buffer, never trained: all ones until inner validation chooses the
         # weights (protocol.inner_choice -> set_trust), because on its own training tasks the head always helps
         self.register_buffer("trust", torch.tensor([[0.0, 1.0], [1.0, 1.0]]))
+        # the dataset-neighbour prior (set_neighbours): per training task its centred, unit-norm mean dataset token
+        # [T, D_d] and its models' accuracies z-scored within it [T, n_models] (0 where unmeasured); which models
+        # were measured [n_models]; (weight, temperature). Buffers, never trained: weight 0 (as while training)
+        # leaves the head as it is
+        self.register_buffer("neighbour_centre", torch.zeros(cfg.dataset_dim))
+        self.register_buffer("neighbour_keys", torch.zeros(0, cfg.dataset_dim))
+        self.register_buffer("neighbour_values", torch.zeros(0, cfg.n_models))
+        self.register_buffer("neighbour_seen", torch.zeros(cfg.n_models))
+        self.register_buffer("neighbour_mix", torch.tensor([0.0, 1.0]))
         layer = nn.TransformerEncoderLayer(d, cfg.heads, 2 * d, cfg.dropout, batch_first=True, norm_first=True)
         self.encoder = nn.TransformerEncoder(layer, cfg.layers, enable_nested_tensor=False)
         attention_dropout(self.encoder, cfg.attention_dropout)
@@ -417,6 +430,33 @@ class _Inputs(nn.Module):
             return head
         return self.head_weight(probed) * head + self.evidence_score(evidence, probed)
 
+    def with_neighbours(self, head: torch.Tensor, dataset_tokens: torch.Tensor, mask: torch.Tensor | None,
+                        model_indices: torch.Tensor | None) -> torch.Tensor:
+        """The token head [B, N] moved towards the dataset-neighbour prior by its weight λ: on each list's measured
+        candidates, (1 - λ) head + λ (the prior z-scored, on the head's mean and spread); the others keep the head."""
+        if model_indices is None or len(self.neighbour_keys) == 0 or float(self.neighbour_mix[0]) == 0.0:
+            return head
+        prior = self.neighbour_prior(dataset_tokens, mask).gather(1, model_indices)  # [B, N]
+        seen = self.neighbour_seen[model_indices]  # [B, N] 1 = measured in training
+        n = seen.sum(-1, keepdim=True).clamp(min=1.0)
+
+        def moments(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # over the measured candidates, [B, 1]
+            mu = (x * seen).sum(-1, keepdim=True) / n
+            return mu, (((x - mu) ** 2 * seen).sum(-1, keepdim=True) / n).sqrt()
+
+        (mh, sh), (mp, sp) = moments(head), moments(prior)
+        target = mh + sh * (prior - mp) / sp.clamp(min=1e-6)
+        return head + self.neighbour_mix[0] * seen * (target - head)
+
+    def neighbour_prior(self, dataset_tokens: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """[B, n_models]: the training tasks' z-scored accuracies, weighted by a softmax (at the temperature) of
+        the cosine between their mean dataset token and that of ``dataset_tokens`` [B, M, D_d], both centred."""
+        keep = torch.ones_like(dataset_tokens[..., 0]) if mask is None else (~mask).to(dataset_tokens.dtype)  # [B, M]
+        query = (dataset_tokens * keep.unsqueeze(-1)).sum(1) / keep.sum(1, keepdim=True).clamp(min=1.0)  # [B, D_d]
+        query = F.normalize(query - self.neighbour_centre, dim=-1)
+        w = torch.softmax(query @ self.neighbour_keys.T / self.neighbour_mix[1], dim=-1)  # [B, T]
+        return w @ self.neighbour_values
+
     def head_weight(self, probed: torch.Tensor) -> torch.Tensor:
         """[B, 1]: the token head's weight for each list of ``probed`` [B, N] models, ``trust`` at their share."""
         return trust_weight(probed.float().mean(-1, keepdim=True), self.trust)
@@ -435,6 +475,37 @@ def trust_weight(share: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
     i = torch.searchsorted(xs, share.clamp(0.0, 1.0).contiguous(), right=True).clamp(1, len(xs) - 1)
     lo = (share - xs[i - 1]) / (xs[i] - xs[i - 1]).clamp(min=1e-12)
     return ws[i - 1] + (ws[i] - ws[i - 1]) * lo.clamp(0.0, 1.0)
+
+
+def neighbour_tables(data: RankingData, tasks: list[str], models: np.ndarray) -> dict[str, np.ndarray]:
+    """The dataset-neighbour prior's tables from ``tasks`` x ``models`` (training data only: it reads their
+    measured accuracies): centre [D_d], keys [T, D_d], values [T, N_all] (accuracy z-scored within each task over
+    ``models``, 0 elsewhere) and seen [N_all]."""
+    means = np.stack([data.dataset_tokens[t].mean(0) for t in tasks]).astype(np.float64)  # [T, D_d]
+    centre = means.mean(0)
+    keys = means - centre
+    keys /= np.maximum(np.linalg.norm(keys, axis=1, keepdims=True), 1e-12)
+    values = np.zeros((len(tasks), len(data.model_ids)))
+    values[:, models] = zscore(data.accuracy[[data.task_ids.index(t) for t in tasks]][:, models], 1)
+    seen = np.zeros(len(data.model_ids))
+    seen[models] = 1.0
+    return dict(centre=centre, keys=keys, values=values, seen=seen)
+
+
+def set_neighbours(model: nn.Module, tables: dict[str, np.ndarray] | None, weight: float = 0.0,
+                   temperature: float = 1.0) -> nn.Module:
+    """Give ``model`` the dataset-neighbour prior (``neighbour_tables``) at ``weight`` (0: the head alone, 1: the
+    prior alone, on the measured candidates) and softmax ``temperature``; None leaves it as it is."""
+    if tables is None:
+        return model
+    if not 0.0 <= weight <= 1.0 or temperature <= 0:
+        raise ValueError(f"neighbour weight {weight} must be in [0, 1] and temperature {temperature} positive")
+    inp = model.inputs
+    for name in ("centre", "keys", "values", "seen"):
+        setattr(inp, f"neighbour_{name}", torch.as_tensor(np.asarray(tables[name]), dtype=torch.float32,
+                                                         device=inp.trust.device))
+    inp.neighbour_mix = torch.tensor([float(weight), float(temperature)], device=inp.trust.device)
+    return model
 
 
 def set_trust(model: nn.Module, table: Any) -> nn.Module:
@@ -517,7 +588,8 @@ class RankingCrossAttentionTransformer(nn.Module):
                 out = layer(out, memory, memory_key_padding_mask=mask)
         else:
             out = self.decoder(out, memory, memory_key_padding_mask=mask)  # [B, N, d]
-        return self.inputs.combine(self.head(out).squeeze(-1), evidence, probed)
+        head = self.inputs.with_neighbours(self.head(out).squeeze(-1), dataset_tokens, dataset_mask, model_indices)
+        return self.inputs.combine(head, evidence, probed)
 
 
 class CustomSimilarityTransformer(nn.Module):
@@ -545,7 +617,9 @@ class CustomSimilarityTransformer(nn.Module):
             query = (memory * keep).sum(1, keepdim=True) / keep.sum(1, keepdim=True).clamp(min=1)
         keys = self.inputs.models(model_tokens, model_indices, evidence, probed)  # [B, N, d]
         _, weights = self.attn(query, keys, keys, need_weights=True, average_attn_weights=True)  # [B, 1, N]
-        return self.inputs.combine(torch.log(weights.squeeze(1).clamp(min=1e-12)), evidence, probed)
+        head = torch.log(weights.squeeze(1).clamp(min=1e-12))  # [B, N]
+        head = self.inputs.with_neighbours(head, dataset_tokens, dataset_mask, model_indices)
+        return self.inputs.combine(head, evidence, probed)
 
 
 ARCHITECTURES = Registry.of("ranker architecture", {"cross_attention": RankingCrossAttentionTransformer,
@@ -749,5 +823,8 @@ def load_ranker(folder: Path) -> tuple[nn.Module, dict[str, Any]]:
     model = build_ranker(RankerConfig(**{k: v for k, v in raw.items() if k in keys}))
     state = load_file(str(folder / "model.safetensors"))
     set_trust(model, state.setdefault("inputs.trust", model.inputs.trust))  # its length is the saved table's
+    for name in ("centre", "keys", "values", "seen", "mix"):  # the neighbour prior's tables: their saved shapes
+        key = f"inputs.neighbour_{name}"
+        setattr(model.inputs, f"neighbour_{name}", state.setdefault(key, getattr(model.inputs, f"neighbour_{name}")))
     model.load_state_dict(state)
     return model.eval(), raw

@@ -383,7 +383,8 @@ def recommend(run: str | Path, images: str | Path, top: int | None = None, max_l
                 probe_k=k, probe_requested=probe, probe_failures=failed,
                 probed_models=[m for m, p in zip(cfg["model_ids"], probed) if p],
                 probe_estimators=list(cfg.get("evidence") or []) if k else [],
-                token_weight=_token_weight(model, probed) if k else None)
+                token_weight=_token_weight(model, probed) if k else None,
+                neighbours=list(cfg.get("neighbours") or [0.0, 1.0]))
     return Recommendation(fits, nearest, info, every.reset_index(drop=True))
 
 
@@ -427,6 +428,10 @@ def format_table(rec: Recommendation) -> str:
     out.append(f"{rec.info['n_images']} images, {len(rec.info['classes'])} classes; "
                f"tokens {s['dataset_tokens']:.2f} s, ranking {s['rank']:.3f} s "
                f"(encoder load {s['load_encoder']:.2f} s, {rec.info.get('encoder', 'open_clip')})")
+    weight, temperature = rec.info.get("neighbours") or (0.0, 1.0)
+    if weight:
+        out.append(f"the token head moved {weight:.3g} of the way to the dataset-neighbour prior (the training tasks "
+                   f"whose images look like these, softmax temperature {temperature:.3g})")
     if rec.info.get("probe_k"):
         asked = rec.info.get("probe_requested")
         note = (f" (--probe {asked} is more than the zoo's {rec.info['n_models']} models: all were probed)"

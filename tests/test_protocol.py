@@ -1,5 +1,6 @@
 """The evaluation protocol on a small synthetic world: folds, lineage, and that nothing held out is seen."""
 import dataclasses
+import json
 from collections import Counter
 
 import numpy as np
@@ -108,12 +109,16 @@ def test_fold_workers_predict_and_record_as_one_process_does():
     for jobs in (1, 2):
         with audit.recording() as records, protocol.worker_pool(jobs) as pool:
             pred, log = protocol.ranker_predictions(data, folds, P.ranker, P.train_ranker, [0, 1],
-                                                    grid={"loss": ["listnet", "pairwise"]}, ks=[2], pool=pool)
+                                                    grid={"loss": ["listnet", "pairwise"]}, ks=[2], pool=pool,
+                                                    neighbours=True)
         runs[jobs] = pred, log, records
     (p1, l1, r1), (p2, l2, r2) = runs[1], runs[2]
     cols = ["method", "fold", "task_id", "model_id", "score"]
     pd.testing.assert_frame_equal(p1[cols], p2[cols])
-    assert l1.drop(columns=["seconds", "choice_seconds"]).equals(l2.drop(columns=["seconds", "choice_seconds"]))
+    # the logs alike but for the clock (and float noise of this process's two torch threads; NaN-aware)
+    drop = ["seconds", "choice_seconds", "inner_scores"]
+    pd.testing.assert_frame_equal(l1.drop(columns=drop), l2.drop(columns=drop))
+    assert l1.inner_scores.map(json.dumps).equals(l2.inner_scores.map(json.dumps))
     assert len(r1) > 3 and Counter(r1) == Counter(r2)
 
 
@@ -122,12 +127,35 @@ def test_inner_choice_sees_training_datasets_only():
     fold = protocol.make_folds(data)[0]
     P = tiny_params()
     with audit.recording() as records:
-        chosen, table, k, trust = protocol.inner_choice(data, fold, P.ranker, P.train_ranker,
-                                                        {"loss": ["listnet", "pairwise"]}, 2, 0)
-    assert chosen.loss == table.loss[table.inner_weighted_tau.idxmax()] and k == 0  # no evidence: nothing to probe
-    assert trust is None
+        c = protocol.inner_choice(data, fold, P.ranker, P.train_ranker, {"loss": ["listnet", "pairwise"]}, 2, 0,
+                                  neighbours=True)
+    assert c.rp.loss == c.table.loss[c.table.inner_weighted_tau.idxmax()] and c.probe_k == 0  # no evidence: no probes
+    assert c.trust is None
+    best = c.table.loc[c.table.inner_weighted_tau.idxmax()]
+    assert c.neighbours == (best.neighbour_weight, best.neighbour_temperature)
+    assert c.neighbours[0] in protocol.NEIGHBOUR_WEIGHTS and c.neighbours[1] in protocol.NEIGHBOUR_TEMPERATURES
     seen = set().union(*(r.tasks for r in records))
     assert seen and not seen & set(fold.test_tasks) and seen <= set(fold.train_tasks)
+    assert {"neighbour prior", "inner validation"} <= {r.component for r in records}
+
+
+def test_inner_choice_moves_towards_the_neighbour_prior_when_the_tokens_say_nothing():
+    """Two kinds of image, each with its own model ordering, in every dataset (the kind of a task shows in its
+    dataset tokens): a held-out task is ranked well only by the training tasks of its kind, which the neighbour
+    prior finds and popularity (every training task alike) does not. Inner validation gives the prior weight and
+    ranks the held inner tasks almost perfectly; without ``neighbours`` the head stays alone."""
+    rng = np.random.default_rng(0)
+    data, _, _, _ = tiny_world()
+    looks, order = rng.standard_normal((2, 6)), rng.standard_normal((2, len(data.model_ids)))
+    kind = {t: int(t[-1]) % 2 for t in data.task_ids}  # "<dataset>-t0" .. "-t2": both kinds in every dataset
+    tokens = {t: (looks[kind[t]] + 0.1 * rng.standard_normal((10, 6))).astype(np.float32) for t in data.task_ids}
+    acc = np.stack([0.6 + 0.1 * order[kind[t]] for t in data.task_ids])
+    data = dataclasses.replace(data, dataset_tokens=tokens, accuracy=acc)
+    fold = protocol.make_folds(data)[0]
+    P = tiny_params()
+    c = protocol.inner_choice(data, fold, P.ranker, P.train_ranker, {}, 2, 0, neighbours=True)
+    assert c.neighbours[0] > 0 and c.table.inner_weighted_tau[0] > 0.95
+    assert protocol.inner_choice(data, fold, P.ranker, P.train_ranker, {}, 2, 0).neighbours == (0.0, 1.0)
 
 
 def test_inner_choice_of_k_probes_when_the_evidence_is_the_truth():
@@ -138,7 +166,8 @@ def test_inner_choice_of_k_probes_when_the_evidence_is_the_truth():
     data = attach_evidence(data, tiny_scores(data), ["logme", "nce"])
     fold = protocol.make_folds(data)[0]
     P = tiny_params()
-    _, table, k, trust = protocol.inner_choice(data, fold, P.ranker, P.train_ranker, {}, 2, 0, ks=[2, 4])
+    c = protocol.inner_choice(data, fold, P.ranker, P.train_ranker, {}, 2, 0, ks=[2, 4])
+    table, k, trust = c.table, c.probe_k, c.trust
     taus = {0: table.inner_weighted_tau[0], **{int(c[4:]): table[c][0] for c in table.columns if c.startswith("tau@")}}
     n = len(fold.train_models)
     assert set(taus) == {0, 2, 4, n} and k > 0
@@ -184,7 +213,7 @@ def test_no_heldout_id_reaches_anything_fitted(tmp_path):
     folds = {f.name: f for fs in ev.folds.values() for f in fs}
     components = {r.component for r in records}
     assert {"ranker", "autoencoder", "standardiser", "popularity", "stacking", "evidence read-out",
-            "inner validation"} <= components
+            "inner validation", "neighbour prior"} <= components
     for r in records:
         f = folds[r.fold]
         assert not r.tasks & set(f.test_tasks), (r.component, r.fold)
@@ -194,7 +223,9 @@ def test_no_heldout_id_reaches_anything_fitted(tmp_path):
     assert lmo_autoencoders and all(folds[r.fold].holds_out_models for r in lmo_autoencoders)
     # what was scored: the same lists for every method of a fold kind
     lists = ev.per_task.groupby("method").size()
-    assert lists.nunique() == 1 and {"ranker", "ranker:no_dataset_tokens", "popularity", "oracle"} <= set(lists.index)
+    assert lists.nunique() == 1 and {"ranker", "ranker:no_dataset_tokens", "popularity", "oracle",
+                                     "neighbours"} <= set(lists.index)
+    assert ev.tests["ranker_vs_neighbours"]["n"] == ev.ldo.loc["ranker", "lists"]
     assert ev.ldo.loc["oracle", "weighted_tau"] == pytest.approx(1.0)
     assert ev.ldo.loc["ranker", "seeds"] == 2 and np.isfinite(ev.ldo.loc["ranker", "weighted_tau_sd"])
     # the paired tests of the ranker with every model probed: that ranker, on every leave-datasets-out list

@@ -313,3 +313,42 @@ def test_trust_weighs_the_token_head_by_the_share_probed_and_survives_saving(arc
     torch.testing.assert_close(again(tokens, data, evidence=ev, probed=probed), w * head + readout)
     with pytest.raises(ValueError, match="shares must rise from 0 to 1"):
         R.set_trust(model, [[0.0, 1.0], [0.5, 1.0]])
+
+
+@pytest.mark.parametrize("arch", list(R.ARCHITECTURES))
+def test_neighbour_prior_ranks_a_copy_of_a_training_task_like_it_and_survives_saving(arch, tmp_path):
+    """A target whose dataset tokens are those of a training task, at a low temperature and weight 1, is ranked
+    as that task's measured accuracies on the models measured in training; a candidate never measured keeps the
+    head's score; weight 0 is the head alone; saving (and the ONNX export of the prior) keeps all of it."""
+    data = synthetic(n_tasks=6, n_models=8)
+    train, seen = data.task_ids[:5], np.arange(6)  # models 6 and 7 never measured
+    tables = R.neighbour_tables(data, train, seen)
+    # the keys are centred, unit-norm; the values z-scored within each task over the measured models only
+    np.testing.assert_allclose(np.linalg.norm(tables["keys"], axis=1), 1.0, rtol=1e-6)
+    np.testing.assert_allclose(tables["values"][:, seen].mean(1), 0.0, atol=1e-9)
+    assert (tables["values"][:, 6:] == 0).all() and tables["seen"].tolist() == [1] * 6 + [0] * 2
+    torch.manual_seed(0)
+    cfg = R.RankerConfig(arch, model_dim=16, dataset_dim=8, n_models=8, d_model=16, heads=2, layers=1, dropout=0.0)
+    model = R.build_ranker(cfg).eval()
+    tokens = torch.from_numpy(data.model_tokens)[None]  # [1, 8, 16]
+    ids = torch.arange(8)[None]
+    target = torch.from_numpy(data.dataset_tokens[train[2]])[None]  # [1, M, 8]
+    with torch.no_grad():
+        head = model(tokens, target, None, ids)
+        R.set_neighbours(model, tables, 0.0, 1e-3)
+        torch.testing.assert_close(model(tokens, target, None, ids), head)
+        R.set_neighbours(model, tables, 1.0, 1e-3)
+        both = model(tokens, target, None, ids)
+    assert weighted_tau(data.accuracy_of(train[2])[seen], both[0, :6].numpy()) > 0.99
+    torch.testing.assert_close(both[0, 6:], head[0, 6:])
+    # on the measured candidates the head's mean and spread stay: the prior changes the order, not the scale
+    torch.testing.assert_close(both[0, :6].mean(), head[0, :6].mean())
+    R.save_ranker(model, tmp_path / "r", {"max_dataset_tokens": 16, "model_ids": data.model_ids},
+                  model_tokens=data.model_tokens)
+    again, cfg_saved = R.load_ranker(tmp_path / "r")
+    with torch.no_grad():
+        torch.testing.assert_close(again(tokens, target, None, ids), both)
+    from ptmrec.serve import OnnxRanker
+    np.testing.assert_allclose(OnnxRanker(tmp_path / "r").scores(target[0].numpy()), both[0].numpy(), atol=1e-4)
+    with pytest.raises(ValueError, match="weight"):
+        R.set_neighbours(model, tables, 1.5, 0.1)

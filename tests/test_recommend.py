@@ -259,6 +259,7 @@ def test_probe_runs_the_priors_favourites_and_ranks_again_with_their_evidence(ru
     trust = load_ranker(run / "06_ranker" / "ranker")[0].inputs.trust.numpy()  # the run's inner-validated table
     n = len(cfg["model_ids"])
     assert rec.info["token_weight"] == pytest.approx(float(np.interp(2 / n, trust[:, 0], trust[:, 1])))
+    assert rec.info["neighbours"] == cfg["neighbours"]  # stage 06's inner-validated (weight, temperature)
     moved = prior.ranked.set_index("model_id").score - rec.ranked.set_index("model_id").score
     assert np.abs(moved).max() > 1e-6  # the evidence reached the ranker
     assert recommend(run, images).info["probe_k"] == 0  # fast by default: no zoo model runs
