@@ -265,7 +265,7 @@ def inner_choice(data: RankingData, fold: Fold, rp: RankerParams, tp: TrainParam
     mixes = [(0.0, 1.0)] + ([(w, t) for w in NEIGHBOUR_WEIGHTS[1:] for t in NEIGHBOUR_TEMPERATURES] if neighbours else [])
     if (len(points) < 2 and len(counts) < 2 and len(mixes) < 2) or len(groups) < 2:
         return InnerChoice(rp, pd.DataFrame([dict(point=str(p), inner_weighted_tau=np.nan) for p in points]))
-    fits: list[list[tuple]] = [[] for _ in points]  # per point, per group: (model, inner training tasks, held)
+    fits: list[list[tuple]] = [[] for _ in points]  # per point, per group: (model, neighbour tables, held tasks)
     taus: list[dict[tuple[float, float], list[float]]] = [{} for _ in points]  # per point: mix -> task taus
     for i, held in progress([(i, held) for i in range(len(points)) for held in groups]):
         train = [t for t in fold.train_tasks if t not in held]

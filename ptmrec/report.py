@@ -622,8 +622,9 @@ def _token_table(run: Path) -> str:
 def run_macros(run: Path) -> str:
     """generated/run.tex: \\ptmrecRun (the run's name), \\ptmrecRunDate (when its last stage finished) and the
     headline of stage 07, so that the prose states the run's own numbers: \\ptmrecRankerTau,
-    \\ptmrecBestEstimator, \\ptmrecBestEstimatorTau, \\ptmrecPopularityTau, \\ptmrecRankerVerdict ("beats" or
-    "does not beat"), \\ptmrecWilcoxonP, \\ptmrecLmoRankerTau, \\ptmrecRankerAllTau ("--" when missing)."""
+    \\ptmrecBestEstimator, \\ptmrecBestEstimatorTau, \\ptmrecPopularityTau, \\ptmrecNeighboursTau,
+    \\ptmrecRankerVerdict ("beats" or "does not beat"), \\ptmrecWilcoxonP, \\ptmrecLmoRankerTau,
+    \\ptmrecRankerAllTau ("--" when missing)."""
     finished = [read_json(p).get("finished", "") for p in run.glob("*/_stage.json")]
     m = read_json(run / "07_evaluate/metrics.json") if (run / "07_evaluate/metrics.json").is_file() else {}
     num = lambda v: "--" if v is None else f"{float(v):.2f}"  # noqa: E731
@@ -631,6 +632,7 @@ def run_macros(run: Path) -> str:
     head = {"RankerTau": num(m.get("ranker_weighted_tau")), "BestEstimator": str(m.get("best_estimator", "--")),
             "BestEstimatorTau": num(m.get("best_estimator_weighted_tau")),
             "PopularityTau": num(m.get("popularity_weighted_tau")),
+            "NeighboursTau": num(m.get("neighbours_weighted_tau")),
             "RankerVerdict": "beats" if m.get("ranker_beats_best_estimator") else "does not beat",
             "WilcoxonP": "--" if test.get("p_value") is None else f"{test['p_value']:.2g}",
             "LmoRankerTau": num(m.get("lmo_ranker_weighted_tau")), "RankerAllTau": num(m.get("ranker_all_weighted_tau"))}
