@@ -352,3 +352,24 @@ def test_neighbour_prior_ranks_a_copy_of_a_training_task_like_it_and_survives_sa
     np.testing.assert_allclose(OnnxRanker(tmp_path / "r").scores(target[0].numpy()), both[0].numpy(), atol=1e-4)
     with pytest.raises(ValueError, match="weight"):
         R.set_neighbours(model, tables, 1.5, 0.1)
+
+
+def test_a_ranker_saved_before_trust_and_neighbours_loads_as_it_was(tmp_path):
+    """Rankers of earlier runs hold neither the trust table nor the neighbour prior's buffers: they load (no
+    missing-key error) with trust all ones and no prior, so they rank exactly as when they were saved."""
+    from safetensors.torch import load_file, save_file
+
+    data = synthetic(n_tasks=4, n_models=6)
+    cfg = R.RankerConfig("cross_attention", model_dim=16, dataset_dim=8, n_models=6, d_model=16, heads=2, layers=1,
+                         dropout=0.0)
+    model = R.build_ranker(cfg).eval()
+    R.save_ranker(model, tmp_path / "r")
+    path = tmp_path / "r" / "model.safetensors"
+    state = {k: v for k, v in load_file(str(path)).items() if "trust" not in k and "neighbour" not in k}
+    save_file(state, str(path))  # as an older ranker wrote it
+    again, _ = R.load_ranker(tmp_path / "r")
+    tokens, target = torch.from_numpy(data.model_tokens)[None], torch.from_numpy(data.dataset_tokens["t0"])[None]
+    with torch.no_grad():
+        torch.testing.assert_close(again(tokens, target, None, torch.arange(6)[None]),
+                                   model(tokens, target, None, torch.arange(6)[None]))
+    assert float(again.inputs.neighbour_mix[0]) == 0.0 and again.inputs.trust[:, 1].eq(1).all()
