@@ -271,11 +271,8 @@ def inner_choice(data: RankingData, fold: Fold, rp: RankerParams, tp: TrainParam
         train = [t for t in fold.train_tasks if t not in held]
         model, _ = fit_ranker(data, train, dataclasses.replace(rp, **points[i]), tp, models=fold.train_models, seed=seed)
         tables = neighbour_tables(data, train, fold.train_models) if neighbours else None
-        models = [data.model_ids[j] for j in fold.train_models]
-        if neighbours:
-            audit.seen("neighbour prior", train, models)
         # the measured accuracies behind every inner choice (grid point, prior, probe count, trust): training tasks
-        audit.seen("inner validation", held, models)
+        audit.seen("inner validation", held, [data.model_ids[j] for j in fold.train_models])
         fits[i].append((model, tables, held))
         for mix in mixes:
             set_neighbours(model, tables, *mix)
@@ -535,10 +532,7 @@ def fold_predictions(data: RankingData, fold: Fold, tokens: np.ndarray | None, r
         inner = inner_choice(d, fold, rp, tp, grid, inner_k, seeds[0], ks, neighbours)
         chosen, table, probe_k, trust = inner.rp, inner.table, inner.probe_k, inner.trust
         choose_seconds = time.perf_counter() - t0
-        tables = None
-        if neighbours:
-            audit.seen("neighbour prior", fold.train_tasks, [data.model_ids[i] for i in fold.train_models])
-            tables = neighbour_tables(d, fold.train_tasks, fold.train_models)
+        tables = neighbour_tables(d, fold.train_tasks, fold.train_models) if neighbours else None
         for s in seeds:
             t0 = time.perf_counter()
             model, trainer = fit_ranker(d, fold.train_tasks, chosen, tp, models=fold.train_models, seed=s)

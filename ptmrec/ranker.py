@@ -481,6 +481,9 @@ def neighbour_tables(data: RankingData, tasks: list[str], models: np.ndarray) ->
     """The dataset-neighbour prior's tables from ``tasks`` x ``models`` (training data only: it reads their
     measured accuracies): centre [D_d], keys [T, D_d], values [T, N_all] (accuracy z-scored within each task over
     ``models``, 0 elsewhere) and seen [N_all]."""
+    from . import audit
+
+    audit.seen("neighbour prior", tasks, [data.model_ids[i] for i in models])
     means = np.stack([data.dataset_tokens[t].mean(0) for t in tasks]).astype(np.float64)  # [T, D_d]
     centre = means.mean(0)
     keys = means - centre
