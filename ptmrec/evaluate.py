@@ -286,7 +286,8 @@ def learned_predictions(data: RankingData, P: Params, variants: dict[str, Rankin
                 pending += start(fold_units(d, lmo, rp, P.train_ranker, seeds[:1], method=f"ranker:{ab}",
                                             tokens_of=lmo_tokens(rp.model_tokens, d)), pool)
         folds["leave_models_out"] = lmo
-    stacking = [stacking_predictions(data, ldo)] if data.evidence is not None else []
+    # the stacking reference on unseen models too: its weights are the same function of training models' scores
+    stacking = [stacking_predictions(data, ldo + lmo)] if data.evidence is not None else []
     pred, log = fold_results(pending, progress)
     return pd.concat([pred, *stacking], ignore_index=True), log, folds
 
@@ -319,6 +320,8 @@ def judge(pred: pd.DataFrame, folds: dict[str, list[Fold]], model_ids: list[str]
         tests["lmo_ranker_vs_logme"] = paired_test(lmo, "ranker", "logme")
         if every in set(lmo.method):
             tests["lmo_ranker_all_vs_logme"] = paired_test(lmo, every, "logme")
+        if {every, "stacking"} <= set(lmo.method):
+            tests["lmo_ranker_all_vs_stacking"] = paired_test(lmo, every, "stacking")
     return dict(out=out, tests=tests)
 
 

@@ -20,7 +20,8 @@ beside the evidence read-out (``ranker.set_trust``); early stopping holds out wh
 (``ranker.validation_split``). Leave-models-out ranks models nobody measured, so the neighbour prior, which
 reads their training accuracies, has nothing to say there and is not used.
 Leave-models-out uses the parameter set's ranker settings as given (no grid; the probe count and the trust
-are chosen as above, on the fold's training tasks and models), and the extractor design
+are chosen as above, on the fold's training tasks and models, with the inner held datasets' lists made of
+training models that the inner ranker never saw: ``inner_splits``), and the extractor design
 and token kind are parameters, never chosen from ground truth. ``ptmrec.audit`` records what every
 fitted component saw; tests/test_protocol.py proves no held-out id reaches one.
 
@@ -60,6 +61,9 @@ class Fold:
     test_tasks: list[str]
     train_models: np.ndarray  # int indices into data.model_ids that fitted components may see
     test_models: np.ndarray  # the candidates ranked on the test tasks
+    # leave-models-out: the training models in lineage groups, which inner validation holds out in turn as the
+    # fold holds out its test models (``inner_splits``); None: inner validation ranks the training models it saw
+    inner_models: list[np.ndarray] | None = None
 
     @property
     def holds_out_models(self) -> bool:
@@ -151,7 +155,9 @@ def make_folds(data: RankingData, zoo: pd.DataFrame | None = None, model_k: int 
         raise ValueError("leave-models-out folds need the zoo index (lineage of every model)")
     groups = lineage_groups(zoo).reindex(data.model_ids)
     mfolds = model_folds(groups, model_k, seed)
-    return [Fold(f"{d}/m{m}", d, tr, te, np.setdiff1d(every, held), held)
+    trains = [np.setdiff1d(every, held) for held in mfolds]
+    inner = [[models[p] for p in model_folds(groups.iloc[models], 2, seed)] for models in trains]  # lineage-grouped too
+    return [Fold(f"{d}/m{m}", d, tr, te, trains[m], held, inner[m])
             for d, tr, te in dataset_groups(data, groups_k) for m, held in enumerate(mfolds)]
 
 
@@ -226,6 +232,20 @@ def inner_groups(data: RankingData, tasks: list[str], k: int) -> list[list[str]]
     return [[t for t in tasks if data.datasets[t] in names[i::k]] for i in range(k)]
 
 
+def inner_splits(fold: Fold, groups: list[list[str]]) -> list[tuple[list[str], np.ndarray, np.ndarray]]:
+    """Inner validation's (held tasks, models its ranker trains on, models it ranks), one per group of ``groups``.
+
+    Leave-datasets-out, both are the fold's training models. A leave-models-out fold also holds out, with its
+    i-th group of datasets, the i-th lineage group of its training models (``fold.inner_models``): the choices
+    are judged on models the inner ranker never saw, as the fold's own are. (Their tokens come from the fold's
+    autoencoder, which did see them: one refit per fold, not per inner group.)"""
+    parts = fold.inner_models or []
+    if len(parts) < 2:
+        return [(held, fold.train_models, fold.train_models) for held in groups]
+    return [(held, np.setdiff1d(fold.train_models, parts[i % len(parts)]), parts[i % len(parts)])
+            for i, held in enumerate(groups)]
+
+
 PROBE_TOLERANCE = 0.02  # the chosen k: the fewest probed models within this inner weighted tau of the best k
 TRUST_GRID = (0.0, 0.125, 0.25, 0.5, 1.0)  # weights of the token head beside the evidence read-out, tried per k
 NEIGHBOUR_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)  # how far the head moves towards the dataset-neighbour prior
@@ -247,7 +267,8 @@ def inner_choice(data: RankingData, fold: Fold, rp: RankerParams, tp: TrainParam
                  k: int, seed: int, ks: list[int] | None = None, neighbours: bool = False,
                  progress: Callable[[Iterable], Iterable] = iter) -> InnerChoice:
     """Choices by inner leave-datasets-out validation on the fold's training tasks and models (never its test
-    tasks), each by the best mean weighted tau of the held inner datasets:
+    tasks), each by the best mean weighted tau of the held inner datasets (on a leave-models-out fold, over
+    training models that the inner ranker did not see: ``inner_splits``):
 
     - the grid point, and with ``neighbours`` the weight and temperature of the dataset-neighbour prior
       (``ranker.set_neighbours``; its tables from the inner training tasks) among ``NEIGHBOUR_WEIGHTS`` x
@@ -260,24 +281,25 @@ def inner_choice(data: RankingData, fold: Fold, rp: RankerParams, tp: TrainParam
       tolerance is not worth them).
     ``progress`` wraps the trainings."""
     points = grid_points(grid)
-    groups = inner_groups(data, fold.train_tasks, k)
-    counts = [0] + probe_ks(ks, len(fold.train_models)) if ks and data.evidence is not None else [0]
+    splits = inner_splits(fold, inner_groups(data, fold.train_tasks, k))
+    n = min(len(cand) for _, _, cand in splits)  # models ranked per inner list; probing n of them = every one
+    counts = [0] + probe_ks(ks, n) if ks and data.evidence is not None else [0]
     mixes = [(0.0, 1.0)] + ([(w, t) for w in NEIGHBOUR_WEIGHTS[1:] for t in NEIGHBOUR_TEMPERATURES] if neighbours else [])
-    if (len(points) < 2 and len(counts) < 2 and len(mixes) < 2) or len(groups) < 2:
+    if (len(points) < 2 and len(counts) < 2 and len(mixes) < 2) or len(splits) < 2:
         return InnerChoice(rp, pd.DataFrame([dict(point=str(p), inner_weighted_tau=np.nan) for p in points]))
-    fits: list[list[tuple]] = [[] for _ in points]  # per point, per group: (model, neighbour tables, held tasks)
+    fits: list[list[tuple]] = [[] for _ in points]  # per point, per split: (model, neighbour tables, held, ranked)
     taus: list[dict[tuple[float, float], list[float]]] = [{} for _ in points]  # per point: mix -> task taus
-    for i, held in progress([(i, held) for i in range(len(points)) for held in groups]):
+    for i, (held, seen, cand) in progress([(i, s) for i in range(len(points)) for s in splits]):
         train = [t for t in fold.train_tasks if t not in held]
-        model, _ = fit_ranker(data, train, dataclasses.replace(rp, **points[i]), tp, models=fold.train_models, seed=seed)
-        tables = neighbour_tables(data, train, fold.train_models) if neighbours else None
+        model, _ = fit_ranker(data, train, dataclasses.replace(rp, **points[i]), tp, models=seen, seed=seed)
+        tables = neighbour_tables(data, train, seen) if neighbours else None
         # the measured accuracies behind every inner choice (grid point, prior, probe count, trust): training tasks
-        audit.seen("inner validation", held, [data.model_ids[j] for j in fold.train_models])
-        fits[i].append((model, tables, held))
+        audit.seen("inner validation", held, [data.model_ids[j] for j in cand])
+        fits[i].append((model, tables, held, cand))
         for mix in mixes:
             set_neighbours(model, tables, *mix)
-            for t, s in _inner_priors(model, data, fold, points[i], rp, held).items():
-                taus[i].setdefault(mix, []).append(_inner_tau(data, fold, t, s))
+            for t, s in _inner_priors(model, data, cand, points[i], rp, held).items():
+                taus[i].setdefault(mix, []).append(_inner_tau(data, cand, t, s))
     rows = []
     for point, t in zip(points, taus):
         mix = max(mixes[::-1], key=lambda m: np.mean(t[m]))  # ties: the head alone
@@ -290,9 +312,9 @@ def inner_choice(data: RankingData, fold: Fold, rp: RankerParams, tp: TrainParam
     if len(counts) < 2:
         return InnerChoice(chosen, table, 0, None, mix)
     by_c: dict[tuple[int, float], list[float]] = {}
-    for model, tables, held in fits[best]:
+    for model, tables, held, cand in fits[best]:
         set_neighbours(model, tables, *mix)
-        for key, values in _inner_probed_taus(model, data, fold, chosen, held, counts[1:]).items():
+        for key, values in _inner_probed_taus(model, data, cand, chosen, held, counts[1:]).items():
             by_c.setdefault(key, []).extend(values)
     for c in counts[1:]:
         # ties (the same ranking at several weights, as with one probed model, whose evidence is all zeros):
@@ -301,44 +323,46 @@ def inner_choice(data: RankingData, fold: Fold, rp: RankerParams, tp: TrainParam
         table.loc[best, [f"tau@{c}", f"trust@{c}"]] = [float(np.mean(by_c[c, w])), w]
     by_k = np.array([table.inner_weighted_tau[best]] + [table[f"tau@{c}"][best] for c in counts[1:]])
     probe_k = int(min(c for c, v in zip(counts, by_k) if v >= by_k.max() - PROBE_TOLERANCE))
-    n = len(fold.train_models)
     trust = [[0.0, 1.0]] + [[c / n, float(table[f"trust@{c}"][best])] for c in counts[1:]]
-    return InnerChoice(chosen, table, probe_k, trust, mix)
+    # every inner candidate probed: every candidate of the fold (``_at_chosen_k`` reads the training models' count)
+    return InnerChoice(chosen, table, len(fold.train_models) if probe_k == n else probe_k, trust, mix)
 
 
-def _inner_priors(model: nn.Module, data: RankingData, fold: Fold, point: dict[str, Any], rp: RankerParams,
+def _inner_priors(model: nn.Module, data: RankingData, models: np.ndarray, point: dict[str, Any], rp: RankerParams,
                   held: list[str]) -> dict[str, np.ndarray]:
-    """The k = 0 scores [N] (``fold.train_models`` order) of every ``held`` task, in one batch (no seconds are read)."""
+    """The k = 0 scores [N] of ``models`` on every ``held`` task, in one batch (no seconds are read)."""
     cut = dataclasses.replace(rp, **point).max_dataset_tokens
-    prior = predict(model, data, held, fold.train_models, cut, batch_size=len(held))
+    prior = predict(model, data, held, models, cut, batch_size=len(held))
     return {t: g.score.to_numpy() for t, g in prior.groupby("task_id")}
 
 
-def _inner_tau(data: RankingData, fold: Fold, task: str, scores: np.ndarray) -> float:
-    """The weighted tau of ``scores`` [N] against a held inner task's measured accuracies (a training task)."""
+def _inner_tau(data: RankingData, models: np.ndarray, task: str, scores: np.ndarray) -> float:
+    """The weighted tau of ``scores`` [N] against a held inner task's measured accuracies of ``models`` (a training
+    task, training models)."""
     from .metrics import weighted_tau
 
-    return weighted_tau(data.accuracy_of(task)[fold.train_models], scores)
+    return weighted_tau(data.accuracy_of(task)[models], scores)
 
 
-def _inner_probed_taus(model: nn.Module, data: RankingData, fold: Fold, rp: RankerParams, held: list[str],
+def _inner_probed_taus(model: nn.Module, data: RankingData, models: np.ndarray, rp: RankerParams, held: list[str],
                        counts: list[int]) -> dict[tuple[int, float], list[float]]:
-    """The weighted tau of each ``held`` task with the ``top`` c models of the prior probed, for every c of
-    ``counts`` and every weight of ``TRUST_GRID``: keys (c, weight)."""
+    """The weighted tau of each ``held`` task over ``models`` with the ``top`` c of them probed by the prior, for
+    every c of ``counts`` (the last: every one) and every weight of ``TRUST_GRID``: keys (c, weight)."""
     from .probing import choose_probes
 
-    priors = _inner_priors(model, data, fold, {}, rp, held)
+    priors = _inner_priors(model, data, models, {}, rp, held)
     out: dict[tuple[int, float], list[float]] = {}
     for c in counts:
-        probed = {t: choose_probes("top", c, priors[t]) for t in held}
-        pred = predict(model, data, held, fold.train_models, rp.max_dataset_tokens, probed, batch_size=len(held))
+        k = len(models) if c == counts[-1] else c
+        probed = {t: choose_probes("top", k, priors[t]) for t in held}
+        pred = predict(model, data, held, models, rp.max_dataset_tokens, probed, batch_size=len(held))
         for t, g in pred.groupby("task_id"):  # score = head + read-out (trust 1): re-weigh the head
-            ev = standardize_evidence(data.evidence[data.task_ids.index(t)][fold.train_models], probed[t])
+            ev = standardize_evidence(data.evidence[data.task_ids.index(t)][models], probed[t])
             with torch.no_grad():
                 readout = model.inputs.evidence_score(torch.from_numpy(ev)[None], torch.from_numpy(probed[t])[None])
             readout, score = readout[0].numpy().astype(float), g.score.to_numpy()
             for w in TRUST_GRID:
-                out.setdefault((c, w), []).append(_inner_tau(data, fold, t, readout + w * (score - readout)))
+                out.setdefault((c, w), []).append(_inner_tau(data, models, t, readout + w * (score - readout)))
     return out
 
 

@@ -177,6 +177,38 @@ def test_inner_choice_of_k_probes_when_the_evidence_is_the_truth():
     assert all(taus[c] < max(taus.values()) - protocol.PROBE_TOLERANCE for c in taus if c < k)
 
 
+def test_leave_models_out_inner_validation_ranks_models_its_ranker_never_saw():
+    """On a leave-models-out fold, every inner ranker is judged on training models held out of its training, a
+    lineage group at a time, as the fold judges the outer ranker on its test models: a probe count and a trust in
+    the token head chosen on models the head had memorised would be chosen for the wrong question."""
+    data, zoo, _, _ = tiny_world()
+    data = attach_evidence(data, tiny_scores(data), ["logme", "nce"])
+    lmo = protocol.make_folds(data, zoo, model_k=2, seed=0)
+    one = next(f for f in lmo if len(f.inner_models) == 1)  # one lineage left to train on: nothing to hold out
+    assert all(ranked is one.train_models for _, _, ranked in protocol.inner_splits(one, [["a"], ["b"]]))
+    fold = next(f for f in lmo if len(f.inner_models) == 2)
+    parts = fold.inner_models
+    assert len(parts) == 2 and sorted(np.concatenate(parts).tolist()) == fold.train_models.tolist()
+    lineage = protocol.lineage_groups(zoo).reindex(data.model_ids).to_numpy()
+    assert not set(lineage[parts[0]]) & set(lineage[parts[1]])  # no sibling on both sides
+    P = tiny_params()
+    with audit.recording() as records:
+        c = protocol.inner_choice(data, fold, P.ranker, P.train_ranker, {}, 2, 0, ks=[2])
+    judged = [r for r in records if r.component == "inner validation"]
+    trained = [r for r in records if r.component == "ranker"]
+    assert len(judged) == 2 and trained
+    apart = [[not (r.tasks & j.tasks) and not (r.models & j.models) for j in judged] for r in trained]
+    assert all(any(a) for a in apart)  # every batch of an inner ranker: neither the tasks nor the models it is judged on
+    assert all(any(a[i] for a in apart) for i in range(2))  # and both judged lists have a ranker
+    assert all(j.models <= {data.model_ids[i] for i in fold.train_models} for j in judged)
+    n = min(len(p) for p in parts)
+    assert [row[0] for row in c.trust] == [0.0, 2 / n, 1.0] and f"tau@{n}" in c.table
+    assert c.probe_k in (0, 2, len(fold.train_models))  # every inner candidate probed: every candidate of the fold
+    ldo = protocol.make_folds(data)[0]
+    assert ldo.inner_models is None and all(seen is ranked is ldo.train_models
+                                            for _, seen, ranked in protocol.inner_splits(ldo, [["a"], ["b"]]))
+
+
 def test_autoencoder_refits_in_workers_give_this_processs_tokens_and_records(tmp_path):
     """Leave-models-out refits its autoencoders in the fold workers: the same tokens as in this process, each
     refit's audit records filed here once (a lost record would let a leak through the test below), and no
@@ -234,6 +266,7 @@ def test_no_heldout_id_reaches_anything_fitted(tmp_path):
         assert (t["a"], t["b"], t["n"]) == ("ranker+top@all", b, ev.ldo.loc["ranker", "lists"])
         assert t["mean_a"] == pytest.approx(ev.ldo.loc["ranker+top@all", t["metric"]])
     assert ev.tests["lmo_ranker_all_vs_logme"]["n"] == ev.lmo.loc["ranker", "lists"]
+    assert ev.tests["lmo_ranker_all_vs_stacking"]["n"] == ev.lmo.loc["stacking", "lists"] == ev.lmo.loc["ranker", "lists"]
     assert "popularity" not in set(ev.lmo_per_list.method)  # would need the unseen models' accuracies
     # the frontier: k = 0, 2 and all probed, two policies; logme restricted to the same probes; stacking
     front = E.frontier(ev.ldo, len(data.model_ids), {"logme", "nce"}).set_index(["method", "k"])
