@@ -242,8 +242,7 @@ def inner_splits(fold: Fold, groups: list[list[str]]) -> list[tuple[list[str], n
     parts = fold.inner_models or []
     if len(parts) < 2:
         return [(held, fold.train_models, fold.train_models) for held in groups]
-    return [(held, np.setdiff1d(fold.train_models, parts[i % len(parts)]), parts[i % len(parts)])
-            for i, held in enumerate(groups)]
+    return [(held, np.setdiff1d(fold.train_models, part), part) for held, part in zip(groups, itertools.cycle(parts))]
 
 
 PROBE_TOLERANCE = 0.02  # the chosen k: the fewest probed models within this inner weighted tau of the best k
