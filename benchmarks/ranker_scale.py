@@ -4,12 +4,12 @@
     .venv/bin/python benchmarks/ranker_scale.py --run runs/default   # also: quality of both on the run's zoo
 
 Random model tokens (512-d) and 64 dataset tokens (256-d), the default ranker size (RankerParams: d_model 64,
-2 layers, 4 heads; the committed results/ranker_scale.json was measured at the earlier default d_model 128, which
-costs more per candidate), batch 1, eval mode, no gradient; median of ``REPEATS`` calls after one warm-up, torch's default
+2 layers, 4 heads), batch 1, eval mode, no gradient; median of ``REPEATS`` calls after one warm-up, torch's default
 threads. Full self-attention is skipped past ``FULL_MAX`` candidates (its memory grows as N^2).
 Goals (issue 15): 10,000 candidates in at most 1 s, 100,000 in at most 10 s, quality on the default zoo
-unchanged: with ``--run``, both attentions rank the run's held-out datasets (leave-datasets-out, the first
-seed, the run's settings and evidence; k = 0 and every model probed) and the mean weighted taus are recorded.
+unchanged: with ``--run``, both attentions rank the run's held-out datasets as stage 07's main ranker does
+(leave-datasets-out, the first seed, the run's settings, evidence, inner choice and dataset-neighbour prior; k = 0
+and every model probed) and the mean weighted taus are recorded.
 """
 from __future__ import annotations
 
@@ -53,17 +53,21 @@ def quality(run: Path) -> dict:
 
     from ptmrec import params, protocol, ranker
     from ptmrec.metrics import weighted_tau
+    from ptmrec.paths import jobs
     from ptmrec.probing import attach_evidence
 
     P = params.load(run / "07_evaluate" / "params.resolved.yaml")
     data = ranker.load_ranking_data(run, P.groundtruth.target_method, P.run.seed, P.ranker.model_tokens)
     if P.ranker.evidence:
         data = attach_evidence(data, pd.read_csv(run / "05_baselines" / "scores.csv"), P.ranker.evidence)
-    out = {}
+    out, E = {}, P.evaluate
+    ks = [len(data.model_ids)] if data.evidence is not None else None
     for kind in ("full", "induced"):
         rp = dataclasses.replace(P.ranker, candidate_attention=kind)
-        pred, _ = protocol.ranker_predictions(data, protocol.make_folds(data), rp, P.train_ranker, [P.run.seed],
-                                              ks=[len(data.model_ids)] if data.evidence is not None else None)
+        with protocol.worker_pool(jobs()) as pool:  # stage 07's main ranker: its inner choice, one seed
+            pred, _ = protocol.ranker_predictions(data, protocol.make_folds(data), rp, P.train_ranker, [P.run.seed],
+                                                  grid=E.inner_grid, inner_k=E.inner_folds, ks=ks, pool=pool,
+                                                  neighbours=True)
         for method, g in pred.groupby("method"):
             taus = [weighted_tau(data.accuracy_of(t), h.set_index("model_id").score[data.model_ids].to_numpy())
                     for t, h in g.groupby("task_id")]
