@@ -24,7 +24,7 @@ from . import metrics
 from .params import Params, RankerParams
 from .protocol import (Fold, autoencoder_refits, dataset_folds, fold_results, fold_units, make_folds, restrict, start,
                        start_refits, stacking_predictions, static_priors, worker_pool)
-from .ranker import RankingData
+from .ranker import RankingData, zscore
 from .registry import Registry
 
 ABLATIONS = Registry.of("ablation", {  # name -> RankerParams overrides
@@ -112,17 +112,37 @@ def ranking_agreement(data: RankingData) -> pd.DataFrame:
     Per test task of each leave-datasets-out fold (weighted tau between true accuracy vectors [N]):
     ``mean_training`` over the fold's training tasks, ``best_training`` the best of them chosen in
     hindsight (a ceiling for any method that copies one seen ranking), ``mean_sibling`` over the other
-    tasks cut from the same held-out dataset (what within-dataset learning could reach).
+    tasks cut from the same held-out dataset (what within-dataset learning could reach). Per training
+    dataset, its ranking is the mean of its tasks' accuracies z-scored within each task:
+    ``best_training_dataset`` is the best one in hindsight (a choice among datasets, not tasks, so less of
+    it is luck), ``nearest_training_dataset`` the one whose mean dataset token is nearest to the
+    task's (cosine, both centred on the fold's training tasks; no accuracy read): which dataset the tokens
+    would copy, and what it gives.
     """
     rows = []
     for d, train, test in dataset_folds(data):
+        names = sorted({data.datasets[u] for u in train})
+        means = {u: data.dataset_tokens[u].mean(0).astype(np.float64) for u in train + test}  # [D_d] each
+        centre = np.mean([means[u] for u in train], 0)
+        by = {n: [u for u in train if data.datasets[u] == n] for n in names}
+        ranking = {n: np.mean([zscore(data.accuracy_of(u)) for u in us], 0) for n, us in by.items()}  # [N]
+        key = {n: _unit(np.mean([means[u] for u in us], 0) - centre) for n, us in by.items()}  # [D_d]
         for t in test:
             truth = data.accuracy_of(t)
             taus = [metrics.weighted_tau(truth, data.accuracy_of(u)) for u in train]
             sib = [metrics.weighted_tau(truth, data.accuracy_of(u)) for u in test if u != t]
+            per_dataset = {n: metrics.weighted_tau(truth, r) for n, r in ranking.items()}
+            nearest = max(names, key=lambda n: float(_unit(means[t] - centre) @ key[n]))
             rows.append(dict(dataset=d, task_id=t, mean_training=float(np.mean(taus)), best_training=float(np.max(taus)),
-                             mean_sibling=float(np.mean(sib)) if sib else np.nan))
+                             mean_sibling=float(np.mean(sib)) if sib else np.nan,
+                             best_training_dataset=max(per_dataset.values()),
+                             nearest_training_dataset=per_dataset[nearest], nearest_dataset=nearest))
     return pd.DataFrame(rows)
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    """``x`` [D] scaled to length 1 (a zero vector stays zero)."""
+    return x / max(float(np.linalg.norm(x)), 1e-12)
 
 
 # ----------------------------------------------------------------------------- tables

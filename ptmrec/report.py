@@ -624,7 +624,8 @@ def run_macros(run: Path) -> str:
     headline of stage 07, so that the prose states the run's own numbers: \\ptmrecRankerTau,
     \\ptmrecBestEstimator, \\ptmrecBestEstimatorTau, \\ptmrecPopularityTau, \\ptmrecNeighboursTau,
     \\ptmrecRankerVerdict ("beats" or "does not beat"), \\ptmrecWilcoxonP, \\ptmrecLmoRankerTau,
-    \\ptmrecRankerAllTau ("--" when missing)."""
+    \\ptmrecRankerAllTau, \\ptmrecBestDatasetTau and \\ptmrecNearestDatasetTau (copying one training dataset's
+    ranking: the best in hindsight, the nearest by dataset tokens) ("--" when missing)."""
     finished = [read_json(p).get("finished", "") for p in run.glob("*/_stage.json")]
     m = read_json(run / "07_evaluate/metrics.json") if (run / "07_evaluate/metrics.json").is_file() else {}
     num = lambda v: "--" if v is None else f"{float(v):.2f}"  # noqa: E731
@@ -635,7 +636,9 @@ def run_macros(run: Path) -> str:
             "NeighboursTau": num(m.get("neighbours_weighted_tau")),
             "RankerVerdict": "beats" if m.get("ranker_beats_best_estimator") else "does not beat",
             "WilcoxonP": "--" if test.get("p_value") is None else f"{test['p_value']:.2g}",
-            "LmoRankerTau": num(m.get("lmo_ranker_weighted_tau")), "RankerAllTau": num(m.get("ranker_all_weighted_tau"))}
+            "LmoRankerTau": num(m.get("lmo_ranker_weighted_tau")), "RankerAllTau": num(m.get("ranker_all_weighted_tau")),
+            "BestDatasetTau": num(m.get("agreement_best_training_dataset")),
+            "NearestDatasetTau": num(m.get("agreement_nearest_training_dataset"))}
     return (f"\\newcommand{{\\ptmrecRun}}{{{latex_escape(run.name)}}}\n"
             f"\\newcommand{{\\ptmrecRunDate}}{{{latex_escape(max(finished) if finished else 'unfinished')}}}\n"
             + "".join(f"\\newcommand{{\\ptmrec{k}}}{{{latex_escape(v)}}}\n" for k, v in head.items()))

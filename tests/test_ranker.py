@@ -244,6 +244,23 @@ def test_ranking_agreement_separates_siblings_from_other_datasets():
     np.testing.assert_allclose(out.best_training, -1.0)
 
 
+def test_ranking_agreement_names_the_dataset_the_tokens_would_copy():
+    """Held-out a ranks like b and opposite to c, but its tokens, centred on the training tasks, lie nearest c's
+    (uncentred, nearest b's): best_training_dataset must be b's +1, nearest_training_dataset c's -1. Catches a
+    nearest dataset chosen by accuracy, from uncentred tokens, or among the held-out dataset's own tasks."""
+    base = np.linspace(0.5, 0.9, 6)
+    tasks = {"a0": (base, (1.5, 0.9)), "a1": (base + 0.01, (1.5, 0.9)), "b0": (base, (3.0, 1.0)),
+             "c0": (base[::-1], (1.0, 1.0))}
+    data = R.RankingData(model_ids=[f"m{j}" for j in range(6)], model_tokens=np.zeros((6, 2), np.float32),
+                         task_ids=list(tasks), accuracy=np.stack([a for a, _ in tasks.values()]),
+                         dataset_tokens={t: np.array([tok], np.float32) for t, (_, tok) in tasks.items()},
+                         datasets={t: t[0] for t in tasks})
+    out = ranking_agreement(data).set_index("task_id").loc[["a0", "a1"]]
+    assert list(out.nearest_dataset) == ["c", "c"]
+    np.testing.assert_allclose(out.best_training_dataset, 1.0)
+    np.testing.assert_allclose(out.nearest_training_dataset, -1.0)
+
+
 def test_load_ranker_names_the_missing_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="config.json: missing; run stage 06_ranker"):
         R.load_ranker(tmp_path)
