@@ -28,6 +28,9 @@ from .ranker import RankingData, zscore
 from .registry import Registry
 
 ABLATIONS = Registry.of("ablation", {  # name -> RankerParams overrides
+    # the ranker's own settings and tokens as every ablation runs (one seed, no inner choice, no dataset-neighbour
+    # prior): the row each of the others differs from in one thing
+    "no_neighbours": {},
     "no_model_tokens": dict(model_tokens="ids"),
     "no_dataset_tokens": dict(dataset_tokens=False),
     "raw_vectors": dict(model_tokens="vectors"),

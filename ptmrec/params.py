@@ -243,7 +243,8 @@ class EvaluateParams:
     model_dataset_groups: int = 4  # ... crossed with this many groups of held-out datasets (0 = one per dataset)
     top_k: int = 3  # for top-k hit rate and nDCG@k
     ablations: list[str] = field(default_factory=lambda: [
-        "no_model_tokens", "no_dataset_tokens", "raw_vectors", "behaviour_tokens", "weights_and_behaviour"])
+        "no_neighbours", "no_model_tokens", "no_dataset_tokens", "raw_vectors", "behaviour_tokens",
+        "weights_and_behaviour"])
     seeds: int = 3  # the ranker is trained with seeds run.seed, run.seed + 1, ... (mean and spread reported)
     inner_grid: dict[str, list[str | int | float | bool]] = field(default_factory=lambda: {"loss": ["listnet", "pairwise"]})
     # ranker settings chosen per leave-datasets-out fold by inner validation on its training datasets ({} = none)

@@ -425,3 +425,15 @@ def test_evidence_readout_starts_at_the_stacking_and_carries_the_evidence():
                    for t, g in pred.groupby("task_id")])
     logme = np.mean([weighted_tau(data.accuracy_of(t), data.evidence[data.task_ids.index(t), :, 0]) for t in fold.test_tasks])
     assert tau >= logme - 0.1
+
+
+@pytest.mark.parametrize("ablation", [a for a in E.ABLATIONS if a != "no_neighbours"])
+def test_each_ablation_differs_from_its_reference_in_one_setting(ablation):
+    """The token comparison reads ``ranker:<ablation>`` against ``ranker:no_neighbours`` (the same one-seed, no-choice
+    run of the ranker's own settings): an ablation that changed two settings, or a reference that changed one, would
+    make that comparison say nothing."""
+    rp = from_dict({}).ranker
+    ref, ab = E.ranker_params(rp, "no_neighbours"), E.ranker_params(rp, ablation)
+    assert ref == rp
+    changed = [f.name for f in dataclasses.fields(rp) if getattr(ab, f.name) != getattr(ref, f.name)]
+    assert len(changed) == 1, changed
