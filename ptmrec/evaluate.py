@@ -135,7 +135,8 @@ def ranking_agreement(data: RankingData) -> pd.DataFrame:
             taus = [metrics.weighted_tau(truth, data.accuracy_of(u)) for u in train]
             sib = [metrics.weighted_tau(truth, data.accuracy_of(u)) for u in test if u != t]
             per_dataset = {n: metrics.weighted_tau(truth, r) for n, r in ranking.items()}
-            nearest = max(names, key=lambda n: float(_unit(means[t] - centre) @ key[n]))
+            query = _unit(means[t] - centre)  # [D_d]
+            nearest = max(names, key=lambda n: float(query @ key[n]))
             rows.append(dict(dataset=d, task_id=t, mean_training=float(np.mean(taus)), best_training=float(np.max(taus)),
                              mean_sibling=float(np.mean(sib)) if sib else np.nan,
                              best_training_dataset=max(per_dataset.values()),
