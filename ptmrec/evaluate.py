@@ -75,19 +75,23 @@ def truth_predictions(data: RankingData, perf: pd.DataFrame, method: str, noise_
     return pd.concat(parts, ignore_index=True)
 
 
+def _unit(x: np.ndarray) -> np.ndarray:
+    """``x`` [D] scaled to length 1 (a zero vector stays zero)."""
+    return x / max(float(np.linalg.norm(x)), 1e-12)
+
+
 def source_similarity(data: RankingData, zoo: pd.DataFrame, source_tokens: dict[str, np.ndarray]) -> pd.DataFrame:
     """Cosine similarity of the target's mean dataset token and the mean token of each model's source task.
 
     A model whose source task has no tokens scores the lowest similarity seen (it is not dropped:
     every method ranks the same lists).
     """
-    unit = lambda v: v / max(np.linalg.norm(v), 1e-12)  # noqa: E731
-    src = {s: unit(np.asarray(v, float).mean(0)) for s, v in source_tokens.items()}
+    src = {s: _unit(np.asarray(v, float).mean(0)) for s, v in source_tokens.items()}
     source_of = dict(zip(zoo.model_id, zoo.source_task))
     rows = []
     for t in data.task_ids:
         t0 = time.perf_counter()
-        q = unit(data.dataset_tokens[t].astype(float).mean(0))
+        q = _unit(data.dataset_tokens[t].astype(float).mean(0))
         sims = np.array([q @ src[source_of[m]] if source_of.get(m) in src else np.nan for m in data.model_ids])
         sims = np.where(np.isnan(sims), np.nanmin(sims) if np.isfinite(sims).any() else 0.0, sims)
         secs = time.perf_counter() - t0
@@ -142,11 +146,6 @@ def ranking_agreement(data: RankingData) -> pd.DataFrame:
                              best_training_dataset=max(per_dataset.values()),
                              nearest_training_dataset=per_dataset[nearest], nearest_dataset=nearest))
     return pd.DataFrame(rows)
-
-
-def _unit(x: np.ndarray) -> np.ndarray:
-    """``x`` [D] scaled to length 1 (a zero vector stays zero)."""
-    return x / max(float(np.linalg.norm(x)), 1e-12)
 
 
 # ----------------------------------------------------------------------------- tables
